@@ -1,0 +1,49 @@
+"""jaxunlearn: machine unlearning for JAX and Flax.
+
+Unlearning transforms compose with optax; statistics run jit-compiled and data-parallel;
+``jaxunlearn.data`` and ``jaxunlearn.models`` hold the embedded datasets and reference models.
+"""
+
+from jaxunlearn import data
+from jaxunlearn import losses
+from jaxunlearn import models
+from jaxunlearn import training
+from jaxunlearn._src.ascent import GradientAscentState
+from jaxunlearn._src.ascent import GradientDifferenceState
+from jaxunlearn._src.ascent import gradient_ascent
+from jaxunlearn._src.ascent import gradient_difference
+from jaxunlearn._src.importance import fisher_diagonal
+from jaxunlearn._src.noise import GaussianNoiseState
+from jaxunlearn._src.noise import gaussian_noise
+from jaxunlearn._src.noise import gaussian_sigma
+from jaxunlearn._src.reset import LayerResetState
+from jaxunlearn._src.reset import layer_reset
+from jaxunlearn._src.reset import prune_smallest
+from jaxunlearn._src.reset import reset_params
+from jaxunlearn._src.ssd import SSDState
+from jaxunlearn._src.ssd import selective_synaptic_dampening
+from jaxunlearn._src.ssd import ssd_dampen
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "GaussianNoiseState",
+    "GradientAscentState",
+    "GradientDifferenceState",
+    "LayerResetState",
+    "SSDState",
+    "data",
+    "fisher_diagonal",
+    "gaussian_noise",
+    "gaussian_sigma",
+    "gradient_ascent",
+    "gradient_difference",
+    "layer_reset",
+    "losses",
+    "models",
+    "prune_smallest",
+    "reset_params",
+    "selective_synaptic_dampening",
+    "ssd_dampen",
+    "training",
+)

@@ -1,0 +1,122 @@
+"""Shared types and input checks used across jaxunlearn."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Params = Any  # a pytree of arrays
+PRNGKey = jax.Array
+Batch = Mapping[str, jax.Array]  # {"x": inputs, "y": int labels, optional "mask": 0/1 weights, "ids"}
+ApplyFn = Callable[[Params, jax.Array], jax.Array]  # apply(params, x) -> logits
+LossFn = Callable[[Params, Batch], jax.Array]  # loss(params, batch) -> scalar mean loss
+
+# A mask selects parameter leaves: a pytree of bools shaped like the params, a predicate on the
+# parameter path ("layers/0/kernel"), or a regular expression searched in that path.
+Mask = Union[Any, Callable[[str], bool], str]
+
+
+def path_str(path: tuple) -> str:
+  """Slash-joined readable form of a pytree key path, e.g. ``"linear1/kernel"``."""
+  parts = []
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+    path = path[:-1]  # Flax NNX variables hold their array in ``.value``
+  for entry in path:
+    if isinstance(entry, jax.tree_util.DictKey):
+      parts.append(str(entry.key))
+    elif isinstance(entry, jax.tree_util.GetAttrKey):
+      parts.append(str(entry.name))
+    elif isinstance(entry, jax.tree_util.SequenceKey):
+      parts.append(str(entry.idx))
+    elif isinstance(entry, jax.tree_util.FlattenedIndexKey):
+      parts.append(str(entry.key))
+    else:
+      parts.append(str(entry).strip(".[]'\""))
+  return "/".join(parts)
+
+
+def check_same_structure(reference: Any, other: Any, *, ref_name: str, other_name: str) -> None:
+  """Raises ``ValueError`` unless ``other`` has the pytree structure and leaf shapes of ``reference``."""
+  ref_def = jax.tree_util.tree_structure(reference)
+  other_def = jax.tree_util.tree_structure(other)
+  if ref_def != other_def:
+    raise ValueError(
+        f"{other_name} must have the same pytree structure as {ref_name}; "
+        f"got {other_def} for {other_name} and {ref_def} for {ref_name}."
+    )
+  ref_leaves = jax.tree_util.tree_leaves_with_path(reference)
+  other_leaves = jax.tree_util.tree_leaves(other)
+  for (path, a), b in zip(ref_leaves, other_leaves):
+    if np.shape(a) != np.shape(b):
+      raise ValueError(
+          f"{other_name} leaf {path_str(path)!r} has shape {np.shape(b)}, "
+          f"but {ref_name} has shape {np.shape(a)} there."
+      )
+
+
+def is_concrete(tree: Any) -> bool:
+  """True when no leaf of ``tree`` is a tracer (values can be inspected on the host)."""
+  return not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree))
+
+
+def check_finite(tree: Any, *, name: str) -> None:
+  """Raises ``ValueError`` naming the first leaf of ``tree`` with a NaN or infinity.
+
+  Only concrete values are checked; under ``jit`` the check is skipped (no host callback is made).
+  """
+  if not is_concrete(tree):
+    return
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    if not bool(jnp.all(jnp.isfinite(leaf))):
+      raise ValueError(f"{name} has non-finite values (NaN or inf) in leaf {path_str(path)!r}.")
+
+
+def check_positive(value: Any, *, name: str) -> None:
+  """Raises ``ValueError`` when a concrete scalar hyper-parameter is not > 0."""
+  if isinstance(value, jax.core.Tracer):
+    return
+  if not np.all(np.asarray(value) > 0):
+    raise ValueError(f"{name} must be > 0, got {value!r}.")
+
+
+def resolve_mask(mask: Mask, params: Params) -> Any:
+  """Turns a mask (bool pytree, path predicate, or regex) into a pytree of Python bools.
+
+  Args:
+    mask: a pytree of bools with the structure of ``params``; or a callable taking the
+      slash-joined parameter path (``"layers/0/kernel"``) and returning a bool; or a regular
+      expression string, matched with ``re.search`` against that path.
+    params: the parameter pytree the mask applies to.
+
+  Returns:
+    A pytree of bools with the structure of ``params``.
+
+  Raises:
+    ValueError: if the mask tree does not match ``params`` or the mask selects no leaf.
+  """
+  if isinstance(mask, str):
+    pattern = re.compile(mask)
+    predicate: Callable[[str], bool] | None = lambda p: pattern.search(p) is not None
+  elif callable(mask) and not isinstance(mask, Mapping):
+    predicate = mask
+  else:
+    predicate = None
+  if predicate is not None:
+    resolved = jax.tree_util.tree_map_with_path(lambda path, _: bool(predicate(path_str(path))), params)
+  else:
+    if jax.tree_util.tree_structure(mask) != jax.tree_util.tree_structure(params):
+      raise ValueError(
+          "mask must be a pytree of bools with the same structure as params, a predicate on the "
+          f"parameter path, or a regex; got structure {jax.tree_util.tree_structure(mask)} for "
+          f"params of structure {jax.tree_util.tree_structure(params)}."
+      )
+    resolved = jax.tree_util.tree_map(bool, mask)
+  if not any(jax.tree_util.tree_leaves(resolved)):
+    paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    raise ValueError(f"mask {mask!r} matches no parameter; parameter paths are {paths}.")
+  return resolved

@@ -1,0 +1,120 @@
+"""Forget and retain objectives as loss builders: ``make(apply) -> loss(params, batch)``.
+
+A batch is a mapping with ``"x"`` (inputs), ``"y"`` (integer labels) and optionally ``"mask"``
+(0/1 example weights for padded batches) and ``"ids"`` (stable example ids). Every loss is the
+mask-weighted mean over the batch of a per-example loss, so a padded batch gives the same value as
+the unpadded one.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxunlearn._src.base import ApplyFn, Batch, LossFn, Params, PRNGKey
+
+
+def masked_mean(values: jax.Array, batch: Batch) -> jax.Array:
+  """Mean of per-example ``values`` weighted by ``batch["mask"]`` (plain mean without a mask)."""
+  mask = batch.get("mask") if hasattr(batch, "get") else None
+  if mask is None:
+    return jnp.mean(values)
+  mask = mask.astype(values.dtype)
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def _log_softmax(apply_fn: ApplyFn, params: Params, x: jax.Array) -> jax.Array:
+  logits = apply_fn(params, x)
+  return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def cross_entropy_loss(apply_fn: ApplyFn) -> LossFn:
+  r"""Softmax cross-entropy with the batch's labels.
+
+  .. math:: \ell(\theta; x, y) = -\log \mathrm{softmax}(f_\theta(x))_y
+
+  Used descending on the retain set, or ascending on the forget set (``gradient_ascent``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxunlearn import losses
+    >>> apply = lambda p, x: x @ p
+    >>> loss = losses.cross_entropy_loss(apply)
+    >>> float(loss(jnp.zeros((3, 4)), {"x": jnp.ones((2, 3)), "y": jnp.array([0, 1])}))  # log(4)
+    1.38...
+  """
+
+  def loss(params: Params, batch: Batch) -> jax.Array:
+    logp = _log_softmax(apply_fn, params, batch["x"])
+    nll = -jnp.take_along_axis(logp, batch["y"][:, None].astype(jnp.int32), axis=-1)[:, 0]
+    return masked_mean(nll, batch)
+
+  return loss
+
+
+def random_label_loss(apply_fn: ApplyFn, num_classes: int, *, key: PRNGKey) -> LossFn:
+  r"""Cross-entropy to a random *wrong* label per example (the "random labels" forgetting method).
+
+  Each example's target is ``(y + 1 + u) mod C`` with ``u`` uniform in ``{0..C-2}``, drawn from
+  ``fold_in(key, id)``, so it differs from the true label and is the same every time the example
+  is seen. The batch must carry ``"ids"``.
+
+  Args:
+    apply_fn: ``apply(params, x) -> logits``.
+    num_classes: number of classes ``C`` (>= 2).
+    key: PRNG key from which the per-example random labels derive.
+  """
+  if num_classes < 2:
+    raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+
+  def loss(params: Params, batch: Batch) -> jax.Array:
+    if "ids" not in batch:
+      raise ValueError("random_label_loss needs batch['ids'] (stable example ids) to draw labels from.")
+    ids = batch["ids"].astype(jnp.uint32)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+    offset = jax.vmap(lambda k: jax.random.randint(k, (), 0, num_classes - 1))(keys)
+    target = (batch["y"].astype(jnp.int32) + 1 + offset) % num_classes
+    logp = _log_softmax(apply_fn, params, batch["x"])
+    nll = -jnp.take_along_axis(logp, target[:, None], axis=-1)[:, 0]
+    return masked_mean(nll, batch)
+
+  return loss
+
+
+def teacher_kl_loss(apply_fn: ApplyFn, teacher_params: Params, *, temperature: float = 1.0) -> LossFn:
+  r"""KL divergence from a frozen teacher's softened predictions to the model's.
+
+  .. math:: \ell = T^2\,\mathrm{KL}\big(\mathrm{softmax}(g(x)/T)\,\|\,\mathrm{softmax}(f_\theta(x)/T)\big)
+
+  with teacher logits ``g = apply_fn(teacher_params, x)`` (no gradient flows to the teacher).
+  Minimised on retain data it keeps the student close to the original (SCRUB's "max" step);
+  maximised on forget data it pushes the student away.
+  """
+  if temperature <= 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}.")
+  teacher_params = jax.lax.stop_gradient(teacher_params)
+
+  def loss(params: Params, batch: Batch) -> jax.Array:
+    t_logp = jax.nn.log_softmax(apply_fn(teacher_params, batch["x"]).astype(jnp.float32) / temperature)
+    s_logp = jax.nn.log_softmax(apply_fn(params, batch["x"]).astype(jnp.float32) / temperature)
+    kl = jnp.sum(jnp.exp(t_logp) * (t_logp - s_logp), axis=-1)
+    return masked_mean(kl, batch) * temperature**2
+
+  return loss
+
+
+def uniform_kl_loss(apply_fn: ApplyFn) -> LossFn:
+  r"""KL divergence from the uniform distribution to the model's prediction.
+
+  .. math:: \ell = \mathrm{KL}(U\,\|\,p_\theta(\cdot|x)) = -\log C - \tfrac{1}{C}\sum_c \log p_\theta(c|x)
+
+  Minimised on the forget set it drives predictions there to maximal uncertainty.
+  """
+
+  def loss(params: Params, batch: Batch) -> jax.Array:
+    logp = _log_softmax(apply_fn, params, batch["x"])
+    c = logp.shape[-1]
+    kl = -jnp.log(jnp.float32(c)) - jnp.mean(logp, axis=-1)
+    return masked_mean(kl, batch)
+
+  return loss

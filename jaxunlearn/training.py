@@ -1,0 +1,7 @@
+"""A deterministic optax training loop and batched prediction."""
+
+from jaxunlearn._src.training import accuracy
+from jaxunlearn._src.training import fit
+from jaxunlearn._src.training import predict
+
+__all__ = ("accuracy", "fit", "predict")

@@ -1,0 +1,25 @@
+"""Strict JAX configuration for the test suite, and 8 simulated CPU devices.
+
+The device count must be set before jax is imported anywhere, so it is set here at collection.
+"""
+
+import os
+
+_FLAG = "--xla_force_host_platform_device_count=8"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+# Strict dtype promotion is not enabled: optax's own Adam (bias correction `decay ** count`) fails
+# under it. Dtype preservation is tested explicitly instead (f32 and bf16 in test_transforms.py).
+
+
+@pytest.fixture(scope="session")
+def digits():
+  from jaxunlearn import data
+
+  return data.load("digits")

@@ -1,0 +1,154 @@
+import numpy as np
+import pytest
+
+from jaxunlearn import data
+
+
+def test_digits_split_is_fixed_and_ids_stable(digits):
+  train, test = digits
+  assert (len(train), len(test)) == (1437, 360)
+  np.testing.assert_array_equal(train.ids, np.arange(1437))
+  np.testing.assert_array_equal(test.ids, np.arange(360))
+  assert train.x.dtype == np.float32 and train.x.shape[1:] == (8, 8, 1)
+  assert 0.0 <= train.x.min() and train.x.max() <= 1.0
+  # Independent reference: scikit-learn's own arrays, every fifth image is test.
+  from sklearn.datasets import load_digits
+
+  bunch = load_digits()
+  np.testing.assert_array_equal(test.y, bunch.target[::5])
+  np.testing.assert_allclose(test.x[7, ..., 0], bunch.images[35] / 16.0, rtol=1e-6)
+  again = data.load("digits")
+  np.testing.assert_array_equal(again.train.x, train.x)
+
+
+def test_mnist1d_generated_offline_and_rng_untouched():
+  np.random.seed(123)
+  before = np.random.get_state()[1].copy()
+  train, test = data.load("mnist1d")
+  after = np.random.get_state()[1]
+  np.testing.assert_array_equal(before, after)
+  assert (len(train), len(test)) == (4000, 1000)
+  assert train.x.shape[1:] == (40, 1) and train.num_classes == 10
+  assert set(np.unique(train.y)) == set(range(10))
+  again = data.load("mnist1d")
+  np.testing.assert_array_equal(again.train.x, train.x)
+
+
+@pytest.mark.parametrize("bad", ["nope", "tfds:", "mnist1d:7", "mnist1d:x", 3])
+def test_unknown_dataset_names_raise(bad):
+  with pytest.raises(ValueError, match="mnist1d|dataset"):
+    data.load(bad)
+
+
+def test_tfds_mock_data_source_reads_through_data_source():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=12):
+    splits = data.load("tfds:cifar10")
+  assert len(splits.train) == 12 and splits.train.x.shape[1:] == (32, 32, 3)
+  assert splits.train.x.dtype == np.float32 and splits.train.x.max() <= 1.0
+  assert splits.train.num_classes == 10
+  np.testing.assert_array_equal(splits.train.ids, np.arange(12))
+
+
+def test_tfds_without_prepared_data_explains_how(tmp_path):
+  with pytest.raises(FileNotFoundError, match="tfds build mnist --file_format=array_record"):
+    data.load("tfds:mnist", data_dir=str(tmp_path))
+
+
+def test_class_ids_and_errors(digits):
+  train, _ = digits
+  ids = data.class_ids(train, 3)
+  assert len(ids) > 0 and np.all(train.y[train.positions(ids)] == 3)
+  assert np.sum(train.y == 3) == len(ids)
+  with pytest.raises(ValueError, match=r"class label\(s\) \[10\] out of range"):
+    data.class_ids(train, 10)
+  with pytest.raises(ValueError, match="out of range"):
+    data.class_ids(train, [-1])
+
+
+def test_random_ids_seeded_and_fraction_checked(digits):
+  train, _ = digits
+  a = data.random_ids(train, 0.1, seed=4)
+  b = data.random_ids(train, 0.1, seed=4)
+  c = data.random_ids(train, 0.1, seed=5)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  assert len(a) == round(0.1 * len(train)) and len(np.unique(a)) == len(a)
+  for bad in (0.0, 1.0, -0.5, 2):
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\)"):
+      data.random_ids(train, bad, seed=0)
+
+
+def test_split_forget_partitions_and_rejects_bad_sets(digits):
+  train, _ = digits
+  forget, retain = data.split_forget(train, [5, 1, 5, 900])
+  np.testing.assert_array_equal(forget.ids, [1, 5, 900])
+  assert len(retain) == len(train) - 3
+  assert not set(retain.ids) & set(forget.ids)
+  np.testing.assert_array_equal(forget.x[2], train.x[900])
+  with pytest.raises(ValueError, match="empty"):
+    data.split_forget(train, [])
+  with pytest.raises(ValueError, match="ids not in dataset 'digits': 5000, 99999"):
+    data.split_forget(train, [1, 5000, 99999])
+  with pytest.raises(ValueError, match="nothing would be retained"):
+    data.split_forget(train, train.ids)
+
+
+def test_flip_labels_changes_exactly_the_selected(digits):
+  train, _ = digits
+  noisy, ids = data.flip_labels(train, 0.2, seed=1)
+  changed = np.nonzero(noisy.y != train.y)[0]
+  np.testing.assert_array_equal(np.sort(train.ids[changed]), ids)
+  assert noisy.y.min() >= 0 and noisy.y.max() < 10
+
+
+def test_stamp_trigger_patches_corner(digits):
+  train, _ = digits
+  poisoned, ids = data.stamp_trigger(train, 0.05, seed=2, target_label=7, patch_size=2)
+  pos = train.positions(ids)
+  assert np.all(poisoned.x[pos, 6:, 6:, :] == 1.0)
+  assert np.all(poisoned.y[pos] == 7)
+  other = np.setdiff1d(np.arange(len(train)), pos)
+  np.testing.assert_array_equal(poisoned.x[other], train.x[other])
+  with pytest.raises(ValueError, match="target_label"):
+    data.stamp_trigger(train, 0.05, seed=2, target_label=10)
+
+
+def test_parse_forget_specs(digits, tmp_path):
+  train, _ = digits
+  np.testing.assert_array_equal(data.parse_forget("class:3", train, seed=0), data.class_ids(train, 3))
+  assert len(data.parse_forget("random:0.05", train, seed=0)) == round(0.05 * len(train))
+  f = tmp_path / "ids.txt"
+  f.write_text("# forget these\n3\n17\n\n42\n")
+  np.testing.assert_array_equal(data.parse_forget(f"ids:{f}", train, seed=0), [3, 17, 42])
+  f.write_text("3\nabc\n")
+  with pytest.raises(ValueError, match="ids.txt:2"):
+    data.parse_forget(f"ids:{f}", train, seed=0)
+  with pytest.raises(ValueError, match="unknown forget spec"):
+    data.parse_forget("half", train, seed=0)
+
+
+def test_batches_fixed_shape_padding_and_coverage(digits):
+  train, _ = digits
+  out = list(data.batches(train, 100, seed=3))
+  assert len(out) == data.num_batches(len(train), 100) == 15
+  assert all(b["x"].shape == (100, 8, 8, 1) for b in out)
+  last = out[-1]
+  assert last["mask"].sum() == len(train) % 100 and np.all(last["ids"][last["mask"] == 0] == -1)
+  seen = np.concatenate([b["ids"][b["mask"] > 0] for b in out])
+  np.testing.assert_array_equal(np.sort(seen), train.ids)
+  # Inputs travel with their ids.
+  b = out[0]
+  np.testing.assert_array_equal(b["x"], train.x[train.positions(b["ids"])])
+  with pytest.raises(ValueError, match="explicit seed"):
+    next(data.batches(train, 10, seed=None))
+
+
+def test_shuffle_depends_on_ids_not_positions(digits):
+  train, _ = digits
+  order_all = train.ids[data.id_order(train.ids, seed=9, epoch=2)]
+  removed = np.array([4, 10, 700])
+  sub = train.drop(removed)
+  order_sub = sub.ids[data.id_order(sub.ids, seed=9, epoch=2)]
+  np.testing.assert_array_equal(order_sub, order_all[~np.isin(order_all, removed)])
+  assert not np.array_equal(order_all, train.ids[data.id_order(train.ids, seed=9, epoch=3)])
