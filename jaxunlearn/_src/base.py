@@ -7,7 +7,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Union
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 Params = Any  # a pytree of arrays
@@ -72,7 +71,8 @@ def check_finite(tree: Any, *, name: str) -> None:
   if not is_concrete(tree):
     return
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-    if not bool(jnp.all(jnp.isfinite(leaf))):
+    # NumPy, not jnp: inside a trace even a concrete constant's jnp result would be staged out.
+    if not np.all(np.isfinite(np.asarray(leaf, dtype=np.float32))):
       raise ValueError(f"{name} has non-finite values (NaN or inf) in leaf {path_str(path)!r}.")
 
 

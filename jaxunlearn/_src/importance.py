@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxunlearn._src.base import LossFn, Params
 
@@ -38,6 +39,15 @@ def _add_sq(acc: Params, grads: Params, axis: int | None) -> Params:
   return jax.tree_util.tree_map(leaf, acc, grads)
 
 
+def _unshard_leading(x: jax.Array) -> jax.Array:
+  """Gathers an array whose leading axis is explicitly sharded (``lax.scan`` cannot scan over it)."""
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  spec = getattr(sharding, "spec", None)
+  if spec is not None and len(spec) and spec[0] is not None and getattr(sharding, "mesh", None) is not None:
+    return jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec(*([None] * x.ndim))))
+  return x
+
+
 @functools.partial(jax.jit, static_argnames=("loss_fn", "batch_size", "per_example", "axis_name", "unroll"))
 def _fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, unroll):
   n = _leading_size(data)
@@ -55,11 +65,23 @@ def _fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, unroll
     def chunk_stat(acc, chunk):
       return _add_sq(acc, jax.grad(loss_fn)(params, chunk), axis=None)
 
+  if rem:
+    # Slicing an explicitly sharded axis unevenly is not allowed: gather such data first.
+    data = jax.tree_util.tree_map(_unshard_leading, data)
   acc = _zeros_f32(params)
   if n_full:
-    chunks = jax.tree_util.tree_map(
-        lambda x: x[: n_full * batch_size].reshape((n_full, batch_size) + x.shape[1:]), data
-    )
+    head = jax.tree_util.tree_map(lambda x: x[: n_full * batch_size], data)
+    if per_example:
+      # Chunk c holds examples c, c + n_full, c + 2 n_full, ...: the sum over all examples is the
+      # same, and a leading axis sharded over devices stays sharded inside every chunk.
+      chunks = jax.tree_util.tree_map(
+          lambda x: jnp.swapaxes(x.reshape((batch_size, n_full) + x.shape[1:]), 0, 1), head
+      )
+    else:
+      # Minibatches must be contiguous (parity with the original SSD code).
+      chunks = jax.tree_util.tree_map(
+          lambda x: _unshard_leading(x.reshape((n_full, batch_size) + x.shape[1:])), head
+      )
     acc, _ = jax.lax.scan(lambda a, c: (chunk_stat(a, c), None), acc, chunks, unroll=unroll)
   if rem:
     acc = chunk_stat(acc, jax.tree_util.tree_map(lambda x: x[n_full * batch_size:], data))
@@ -98,7 +120,9 @@ def fisher_diagonal(
   memory stays bounded for large data. Squares accumulate in float32; the result has the dtype of
   each parameter. Under ``pmap``, pass ``axis_name``: every device computes sums over its local
   data and the result is ``psum(sums) / psum(counts)``, the same as one device holding all data.
-  Under ``jit`` with data sharded over a ``Mesh``, call it as is.
+  Under ``jit`` with data sharded over a ``Mesh``, call it as is: with ``per_example=True`` and
+  ``n`` a multiple of ``batch_size``, every chunk stays spread over the devices; otherwise data
+  whose example axis is sharded with explicit axis types is gathered first.
 
   Args:
     loss_fn: ``loss(params, batch) -> scalar`` giving the *mean* loss of a batch (it is called on

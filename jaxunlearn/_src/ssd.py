@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxunlearn._src.base import Params, check_finite, check_positive, check_same_structure, is_concrete
@@ -16,7 +17,7 @@ def _check_importance(params: Params, importance: Params, name: str) -> None:
   check_finite(importance, name=name)
   if is_concrete(importance):
     for leaf in jax.tree_util.tree_leaves(importance):
-      if bool(jnp.any(leaf < 0)):
+      if np.any(np.asarray(leaf, dtype=np.float32) < 0):
         raise ValueError(f"{name} has negative values; importances (squared gradients) must be >= 0.")
 
 
@@ -108,10 +109,10 @@ def selective_synaptic_dampening(alpha: float = 10.0, dampening: float = 1.0) ->
     >>> import jaxunlearn
     >>> tx = jaxunlearn.selective_synaptic_dampening(alpha=10.0, dampening=1.0)
     >>> p = {"w": jnp.array([2.0, 2.0])}
-    >>> u, _ = tx.update(p, tx.init(p), p, forget_importance={"w": jnp.array([50.0, 1.0])},
+    >>> u, _ = tx.update(p, tx.init(p), p, forget_importance={"w": jnp.array([64.0, 1.0])},
     ...                  full_importance={"w": jnp.array([1.0, 1.0])})
-    >>> optax.apply_updates(p, u)["w"]
-    Array([0.04, 2.  ], dtype=float32)
+    >>> optax.apply_updates(p, u)["w"]  # 2 * min(1 / 64, 1) and 2 (not selected)
+    Array([0.03125, 2.     ], dtype=float32)
   """
   check_positive(alpha, name="alpha")
   check_positive(dampening, name="dampening")
