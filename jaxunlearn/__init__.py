@@ -6,6 +6,7 @@ Unlearning transforms compose with optax; statistics run jit-compiled and data-p
 
 from jaxunlearn import data
 from jaxunlearn import losses
+from jaxunlearn import metrics
 from jaxunlearn import models
 from jaxunlearn import training
 from jaxunlearn._src.ascent import GradientAscentState
@@ -40,6 +41,7 @@ __all__ = (
     "gradient_difference",
     "layer_reset",
     "losses",
+    "metrics",
     "models",
     "prune_smallest",
     "reset_params",
