@@ -115,8 +115,9 @@ def run(
   init = models.init_fn(model, train.input_shape, train.num_classes)
   loss = losses.cross_entropy_loss(apply)
 
-  def evaluate(params, first_s: float, steady_s: float, reference_forget_logits: np.ndarray | None) -> dict:
-    """Metrics of ``params``; JS is measured against ``reference_forget_logits`` (None: this is the reference)."""
+  def evaluate(params, first_s: float, steady_s: float, reference_forget_logits: np.ndarray | None):
+    """(metrics of ``params``, its forget-set logits); JS is against ``reference_forget_logits``
+    (None: this model is the reference)."""
     logits = {name: training.predict(apply, params, ds.x) for name, ds in
               (("forget", forget_ds), ("retain", retain_ds), ("test", test))}
     losses_ = {name: metrics.per_example_loss(z, ds.y) for (name, z), ds in
@@ -135,7 +136,7 @@ def run(
     reference = logits["forget"] if reference_forget_logits is None else reference_forget_logits
     row["js_to_retrain"] = metrics.js_divergence(logits["forget"], reference)
     row.update(seconds=steady_s, compile_seconds=max(first_s - steady_s, 0.0))
-    return row
+    return row, logits["forget"]
 
   optimizer = optax.adam(1e-3)
   fit = lambda ds: training.fit(  # noqa: E731
@@ -153,16 +154,15 @@ def run(
       "seed": seed,
       "backend": jax.default_backend(),
   }
-  report["retrain"] = evaluate(retrained, first, steady, None)
-  retrain_forget_logits = training.predict(apply, retrained, forget_ds.x)
-  report["original"] = evaluate(original, original_first, original_steady, retrain_forget_logits)
+  report["retrain"], retrain_forget_logits = evaluate(retrained, first, steady, None)
+  report["original"], _ = evaluate(original, original_first, original_steady, retrain_forget_logits)
   setup = Setup(apply, init, loss, original, train, forget_ds, retain_ds, seed, batch_size)
   report["methods"] = {}
   for name in methods:
     description, method = METHODS[name]
     log(f"{name}: {description}")
     params, first, steady = _timed(method(setup))
-    row = evaluate(params, first, steady, retrain_forget_logits)
+    row, _ = evaluate(params, first, steady, retrain_forget_logits)
     row["description"] = description
     report["methods"][name] = row
   report["test_size"] = int(len(test))
