@@ -8,6 +8,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+import numpy as np
+
 
 def _demo_parser(sub) -> None:
   p = sub.add_parser(
@@ -18,14 +20,35 @@ def _demo_parser(sub) -> None:
           "runs each unlearning method and prints forget/retain/test accuracy and time."
       ),
   )
+  _common_options(p, forget_default="class:3", plot_help="write a PNG (accuracies and time) to this path")
+
+
+def _common_options(p, *, forget_default: str, plot_help: str) -> None:
   p.add_argument("--dataset", default="digits", help="digits (default), mnist1d, mnist1d:N or tfds:NAME")
-  p.add_argument("--forget", default="class:3", help="class:K[,K..] | random:FRACTION | ids:FILE (default class:3)")
+  p.add_argument("--forget", default=forget_default,
+                 help=f"class:K[,K..] | random:FRACTION | ids:FILE (default {forget_default})")
   p.add_argument("--methods", default="all", help="comma-separated methods, or 'all'")
   p.add_argument("--model", default="mlp", help="mlp (default) or cnn")
   p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and selection")
   p.add_argument("--epochs", type=int, default=20, help="epochs of original training and of retraining")
   p.add_argument("--data-dir", default=None, help="TFDS data directory (tfds: datasets only)")
   p.add_argument("--json", dest="json_path", default=None, help="write the results as JSON to this path")
+  p.add_argument("--plot", dest="plot_path", default=None, help=plot_help)
+
+
+def _score_parser(sub) -> None:
+  p = sub.add_parser(
+      "score",
+      help="NeurIPS 2023 unlearning score of each method with N models trained together",
+      description=(
+          "Trains N original and N retrained models in one compiled program each, unlearns all N "
+          "originals with every method, and reports forget quality, per-example epsilon and the score."
+      ),
+  )
+  _common_options(p, forget_default="random:0.1", plot_help="write a PNG (epsilon histograms, scores)")
+  p.add_argument("--models", type=int, default=32, help="models per method, N (default 32)")
+  p.add_argument("--strategy", default="vmap", choices=("vmap", "sequential"),
+                 help="train the N models in one vmapped program (default) or one after another")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,10 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="jaxunlearn", description="Machine unlearning for JAX and Flax.")
   sub = parser.add_subparsers(dest="command", required=True)
   _demo_parser(sub)
+  _score_parser(sub)
   args = parser.parse_args(argv)
   try:
     if args.command == "demo":
       return _run_demo(args)
+    if args.command == "score":
+      return _run_score(args)
   except ValueError as err:
     print(f"jaxunlearn {args.command}: error: {err}", file=sys.stderr)
     return 2
@@ -53,7 +79,7 @@ def _run_demo(args) -> int:
 
   from jaxunlearn._src import demo
 
-  console = Console()
+  console = _console()
   methods = demo.parse_methods(args.methods)
   console.print(
       f"[bold]jaxunlearn demo[/bold]: dataset={args.dataset} model={args.model} forget={args.forget} seed={args.seed}"
@@ -71,7 +97,7 @@ def _run_demo(args) -> int:
   )
   table = Table(title=f"Unlearning on {args.dataset}: forget {args.forget} ({report['forget_size']} examples)")
   for col in ("method", "forget acc", "retain acc", "test acc", "MIA AUC", "JS to retrained", "seconds",
-              "compile s", "speed-up vs retrain"):
+              "compile s", "speed-up vs retrain", "relearn steps"):
     table.add_column(col, justify="left" if col == "method" else "right")
   retrain_s = report["retrain"]["seconds"]
   for name, row in [("original", report["original"]), ("retrain", report["retrain"])] + list(
@@ -88,13 +114,76 @@ def _run_demo(args) -> int:
         f"{row['seconds']:.2f}",
         f"{row['compile_seconds']:.2f}",
         speedup,
+        "-" if row.get("relearn_steps", 0) is None else str(row.get("relearn_steps", "")),
     )
   console.print(table)
-  console.print(f"total {time.perf_counter() - start:.1f} s. Seconds: steady state (second run); compile s: first run minus second. MIA AUC: loss-threshold attack, forget vs test (0.5 = indistinguishable). JS: Jensen-Shannon (base 2) to the retrained model on the forget set.")
+  console.print(f"total {time.perf_counter() - start:.1f} s. Seconds: steady state (second run); compile s: first run minus second. MIA AUC: loss-threshold attack, forget vs test (0.5 = indistinguishable). JS: Jensen-Shannon (base 2) to the retrained model on the forget set. Relearn steps: Adam steps on the forget set until its accuracy is back to the original's ('-': not within 100).")
+  _write_outputs(console, report, args, "demo_plot")
+  return 0
+
+
+def _console():
+  from rich.console import Console
+
+  # Wide enough for the tables when the output is piped (rich falls back to 80 columns there).
+  return Console() if sys.stdout.isatty() else Console(width=150)
+
+
+def _write_outputs(console, report: dict, args, plot_name: str) -> None:
   if args.json_path:
     with open(args.json_path, "w") as f:
       json.dump(report, f, indent=2)
     console.print(f"wrote {args.json_path}")
+  if args.plot_path:
+    from jaxunlearn._src import plot
+
+    getattr(plot, plot_name)(report, args.plot_path)
+    console.print(f"wrote {args.plot_path}")
+
+
+def _run_score(args) -> int:
+  from rich.console import Console
+  from rich.table import Table
+
+  from jaxunlearn._src import demo, score
+
+  console = _console()
+  methods = demo.parse_methods(args.methods)
+  console.print(
+      f"[bold]jaxunlearn score[/bold]: dataset={args.dataset} model={args.model} forget={args.forget} "
+      f"models={args.models} seed={args.seed}"
+  )
+  start = time.perf_counter()
+  report = score.run(
+      dataset=args.dataset, forget=args.forget, methods=methods, n_models=args.models, model=args.model,
+      seed=args.seed, epochs=args.epochs, strategy=args.strategy, data_dir=args.data_dir,
+      log=lambda msg: console.print(f"  {msg}", style="dim"),
+  )
+  table = Table(title=f"NeurIPS 2023 score, {args.models} models per method: forget {args.forget} "
+                      f"({report['forget_size']} examples)")
+  for col in ("method", "score", "forget quality", "median eps", "forget acc", "retain acc", "test acc", "seconds (N models, with compile)"):
+    table.add_column(col, justify="left" if col == "method" else "right")
+  rows = [("retrain", report["retrain"]), ("original", report["original"])] + list(report["methods"].items())
+  for name, row in rows:
+    scored = "epsilon" in row
+    table.add_row(
+        name,
+        f"{row['score']:.4f}" if scored else "(reference)",
+        f"{row['forget_quality']:.4f}" if scored else "",
+        f"{float(np.median(row['epsilon'])):.2f}" if scored else "",
+        f"{row['forget_acc']:.3f}", f"{row['retain_acc']:.3f}", f"{row['test_acc']:.3f}", f"{row['seconds']:.1f}",
+    )
+  console.print(table)
+  hist = Table(title="epsilon per forget example (count per bin)")
+  hist.add_column("method")
+  bins = score.histogram(report["original"]["epsilon"])
+  for label, _ in bins:
+    hist.add_column(label, justify="right")
+  for name, row in rows[1:]:
+    hist.add_row(name, *[str(c) for _, c in score.histogram(row["epsilon"])])
+  console.print(hist)
+  console.print(f"total {time.perf_counter() - start:.1f} s. Score = forget quality x (retain acc / retrained's) x (test acc / retrained's); higher is better. 'original' is the models before unlearning.")
+  _write_outputs(console, report, args, "score_plot")
   return 0
 
 

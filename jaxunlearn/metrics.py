@@ -13,6 +13,7 @@ from jaxunlearn._src.metrics import loss_threshold_mia
 from jaxunlearn._src.metrics import neurips_score
 from jaxunlearn._src.metrics import per_example_loss
 from jaxunlearn._src.metrics import zrf_score
+from jaxunlearn._src.relearn import relearn_steps
 
 __all__ = (
     "accuracy",
@@ -27,5 +28,6 @@ __all__ = (
     "loss_threshold_mia",
     "neurips_score",
     "per_example_loss",
+    "relearn_steps",
     "zrf_score",
 )

@@ -12,6 +12,7 @@ import optax
 
 from jaxunlearn._src import data as data_lib
 from jaxunlearn._src import losses, metrics, models, recipes, training
+from jaxunlearn._src.relearn import relearn_steps
 
 
 @dataclass(frozen=True)
@@ -29,34 +30,57 @@ class Setup:
   batch_size: int
 
 
-# Each method's documented demo defaults. A builder receives the setup and returns the zero-argument
-# job, so that optimizers are built once and the second (timed) run reuses the compiled steps.
+# Each method's documented defaults, shared by ``demo`` (one model) and ``score`` (N models at once).
+HYPER: dict[str, dict] = {
+    "finetune": {"learning_rate": 1e-3, "epochs": 3},
+    "gradient_ascent": {"learning_rate": 2e-2, "epochs": 1, "batch_size": 32},
+    "gradient_difference": {"learning_rate": 4e-4, "epochs": 1},
+    "ssd": {"alpha": 5.0, "dampening": 1.0, "batch_size": 64},
+    "reset_repair": {"learning_rate": 3e-3, "epochs": 5, "mask": "head"},
+}
+
+
+RELEARN = {"learning_rate": 1e-3, "batch_size": 32, "max_steps": 100}
+
+# A builder receives the setup and returns the zero-argument job, so that optimizers are built once
+# and the second (timed) run reuses the compiled steps.
 def _finetune(s: Setup):
-  opt = optax.adam(1e-3)
-  return lambda: recipes.finetune(s.loss, s.original, s.retain, optimizer=opt, epochs=3, batch_size=s.batch_size, seed=s.seed)
+  h = HYPER["finetune"]
+  opt = optax.adam(h["learning_rate"])
+  return lambda: recipes.finetune(
+      s.loss, s.original, s.retain, optimizer=opt, epochs=h["epochs"], batch_size=s.batch_size, seed=s.seed
+  )
 
 
 def _gradient_ascent(s: Setup):
-  opt = optax.sgd(2e-2)
-  return lambda: recipes.ascend(s.loss, s.original, s.forget, optimizer=opt, epochs=1, batch_size=32, seed=s.seed)
+  h = HYPER["gradient_ascent"]
+  opt = optax.sgd(h["learning_rate"])
+  return lambda: recipes.ascend(
+      s.loss, s.original, s.forget, optimizer=opt, epochs=h["epochs"], batch_size=h["batch_size"], seed=s.seed
+  )
 
 
 def _gradient_difference(s: Setup):
-  opt = optax.adam(4e-4)
+  h = HYPER["gradient_difference"]
+  opt = optax.adam(h["learning_rate"])
   return lambda: recipes.graddiff(
-      s.loss, s.original, s.forget, s.retain, optimizer=opt, epochs=1, batch_size=s.batch_size, seed=s.seed
+      s.loss, s.original, s.forget, s.retain, optimizer=opt, epochs=h["epochs"], batch_size=s.batch_size, seed=s.seed
   )
 
 
 def _ssd(s: Setup):
-  return lambda: recipes.ssd(s.loss, s.original, s.forget, s.train, alpha=5.0, dampening=1.0, batch_size=64)
+  h = HYPER["ssd"]
+  return lambda: recipes.ssd(
+      s.loss, s.original, s.forget, s.train, alpha=h["alpha"], dampening=h["dampening"], batch_size=h["batch_size"]
+  )
 
 
 def _reset_repair(s: Setup):
-  opt = optax.adam(3e-3)
+  h = HYPER["reset_repair"]
+  opt = optax.adam(h["learning_rate"])
   key = jax.random.fold_in(jax.random.key(s.seed), 7)
   return lambda: recipes.reset_repair(
-      s.loss, s.original, s.retain, mask="head", init_fn=s.init, key=key, optimizer=opt, epochs=5,
+      s.loss, s.original, s.retain, mask=h["mask"], init_fn=s.init, key=key, optimizer=opt, epochs=h["epochs"],
       batch_size=s.batch_size, seed=s.seed,
   )
 
@@ -94,6 +118,17 @@ def _timed(fn: Callable[[], object]) -> tuple[object, float, float]:
   return out, times[0], times[1]
 
 
+def prepare(*, dataset: str, forget: str, model: str, seed: int, data_dir: str | None):
+  """Loads the data, selects the forget set and builds the model: ``(train, test, forget, retain,
+  apply, params, init, loss)`` (``params`` initialised from ``seed``)."""
+  train, test = data_lib.load(dataset, data_dir=data_dir)
+  forget_ids = data_lib.parse_forget(forget, train, seed=seed)
+  forget_ds, retain_ds = data_lib.split_forget(train, forget_ids)
+  apply, params = models.create(model, train.input_shape, train.num_classes, key=jax.random.key(seed))
+  init = models.init_fn(model, train.input_shape, train.num_classes)
+  return train, test, forget_ds, retain_ds, apply, params, init, losses.cross_entropy_loss(apply)
+
+
 def run(
     *,
     dataset: str = "digits",
@@ -108,12 +143,9 @@ def run(
 ) -> dict:
   """Runs the demo and returns a JSON-ready report (see ``jaxunlearn demo --json``)."""
   methods = list(METHODS) if methods is None else methods
-  train, test = data_lib.load(dataset, data_dir=data_dir)
-  forget_ids = data_lib.parse_forget(forget, train, seed=seed)
-  forget_ds, retain_ds = data_lib.split_forget(train, forget_ids)
-  apply, init_params = models.create(model, train.input_shape, train.num_classes, key=jax.random.key(seed))
-  init = models.init_fn(model, train.input_shape, train.num_classes)
-  loss = losses.cross_entropy_loss(apply)
+  train, test, forget_ds, retain_ds, apply, init_params, init, loss = prepare(
+      dataset=dataset, forget=forget, model=model, seed=seed, data_dir=data_dir
+  )
 
   def evaluate(params, first_s: float, steady_s: float, reference_forget_logits: np.ndarray | None):
     """(metrics of ``params``, its forget-set logits); JS is against ``reference_forget_logits``
@@ -158,12 +190,23 @@ def run(
   report["original"], _ = evaluate(original, original_first, original_steady, retrain_forget_logits)
   setup = Setup(apply, init, loss, original, train, forget_ds, retain_ds, seed, batch_size)
   report["methods"] = {}
+  # Relearn time: Adam steps on the forget set until forget accuracy is back to the original's.
+  relearn_opt = optax.adam(RELEARN["learning_rate"])
+  target = report["original"]["forget_acc"]
+
+  def relearn(params):
+    return relearn_steps(loss, apply, params, forget_ds, target_accuracy=target, optimizer=relearn_opt,
+                         batch_size=RELEARN["batch_size"], seed=seed, max_steps=RELEARN["max_steps"])
+
+  report["retrain"]["relearn_steps"] = relearn(retrained)
+  report["original"]["relearn_steps"] = relearn(original)
   for name in methods:
     description, method = METHODS[name]
     log(f"{name}: {description}")
     params, first, steady = _timed(method(setup))
     row, _ = evaluate(params, first, steady, retrain_forget_logits)
     row["description"] = description
+    row["relearn_steps"] = relearn(params)
     report["methods"][name] = row
   report["test_size"] = int(len(test))
   report["retain_size"] = int(len(retain_ds))

@@ -221,7 +221,8 @@ def _epsilon(pos: np.ndarray, neg: np.ndarray, delta: float) -> float:
   with np.errstate(divide="ignore", invalid="ignore"):
     e1 = np.log(1 - delta - fpr[usable]) - np.log(fnr[usable])
     e2 = np.log(1 - delta - fnr[usable]) - np.log(fpr[usable])
-  eps[usable] = np.clip(np.nanmax(np.stack([e1, e2]), axis=0), 0, None)
+  # fmax ignores a NaN beside a number; a rule with both NaN (FPR = FNR = 1) gives no evidence: 0.
+  eps[usable] = np.clip(np.nan_to_num(np.fmax(e1, e2), nan=0.0), 0, None)
   kept = eps[usable | perfect]
   if kept.size == 0:
     return 0.0

@@ -1,0 +1,68 @@
+"""PNG figures for ``jaxunlearn demo --plot`` and ``jaxunlearn score --plot`` (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _figure(ncols: int, width: float):
+  import matplotlib
+
+  matplotlib.use("Agg", force=False)
+  import matplotlib.pyplot as plt
+
+  return plt, *plt.subplots(1, ncols, figsize=(width, 4.2))
+
+
+def demo_plot(report: dict, path: str) -> None:
+  """Left: forget vs retain accuracy per method, the retrained model (the target) and the original
+  marked. Right: steady-state seconds per method (compile time stacked on top), retraining beside."""
+  plt, fig, (ax, ax_t) = _figure(2, 11.0)
+  rows = {"original": report["original"], "retrain": report["retrain"], **report["methods"]}
+  for name, row in rows.items():
+    style = {"original": dict(marker="s", c="grey", s=70), "retrain": dict(marker="*", c="crimson", s=220)}.get(
+        name, dict(marker="o", s=60))
+    ax.scatter(row["forget_acc"], row["retain_acc"], label=name, zorder=3, **style)
+    ax.annotate(name, (row["forget_acc"], row["retain_acc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+  ax.axvline(report["retrain"]["forget_acc"], color="crimson", lw=0.8, ls="--")
+  ax.axhline(report["retrain"]["retain_acc"], color="crimson", lw=0.8, ls="--")
+  ax.set_xlabel("forget accuracy (retrained model: dashed)")
+  ax.set_ylabel("retain accuracy")
+  ax.set_title(f"{report['dataset']}, forget {report['forget']} ({report['forget_size']} examples)")
+  ax.grid(alpha=0.3)
+  names = ["retrain"] + list(report["methods"])
+  steady = np.array([rows[n]["seconds"] for n in names])
+  compile_s = np.array([rows[n]["compile_seconds"] for n in names])
+  y = np.arange(len(names))
+  ax_t.barh(y, steady, color=["crimson"] + ["C0"] * (len(names) - 1), label="steady state")
+  ax_t.barh(y, compile_s, left=steady, color="lightgrey", label="compile")
+  ax_t.set_yticks(y, names)
+  ax_t.invert_yaxis()
+  ax_t.set_xlabel(f"seconds ({report['backend']})")
+  ax_t.set_title("time (retraining in red)")
+  ax_t.legend(loc="lower right", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def score_plot(report: dict, path: str) -> None:
+  """Per-example epsilon histograms (one line per method) and the NeurIPS score per method."""
+  plt, fig, (ax, ax_s) = _figure(2, 11.0)
+  rows = {"original": report["original"], **report["methods"]}
+  bins = np.arange(0.0, 8.5, 0.5)
+  for name, row in rows.items():
+    eps = np.minimum(np.asarray(row["epsilon"]), bins[-1] - 1e-9)
+    ax.hist(eps, bins=bins, histtype="step", lw=1.5, label=name)
+  ax.set_xlabel("epsilon per forget example (8 = 8 or more)")
+  ax.set_ylabel("forget examples")
+  ax.set_title(f"{report['models']} models per method, forget {report['forget']}")
+  ax.legend(fontsize=8)
+  names = list(rows)
+  ax_s.barh(np.arange(len(names)), [rows[n]["score"] for n in names])
+  ax_s.set_yticks(np.arange(len(names)), names)
+  ax_s.invert_yaxis()
+  ax_s.set_xlabel("NeurIPS 2023 score (higher is better)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
