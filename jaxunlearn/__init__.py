@@ -8,6 +8,7 @@ from jaxunlearn import data
 from jaxunlearn import losses
 from jaxunlearn import metrics
 from jaxunlearn import models
+from jaxunlearn import sisa
 from jaxunlearn import training
 from jaxunlearn._src.ascent import GradientAscentState
 from jaxunlearn._src.ascent import GradientDifferenceState
@@ -43,6 +44,7 @@ __all__ = (
     "losses",
     "metrics",
     "models",
+    "sisa",
     "prune_smallest",
     "reset_params",
     "selective_synaptic_dampening",

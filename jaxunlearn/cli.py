@@ -51,19 +51,55 @@ def _score_parser(sub) -> None:
                  help="train the N models in one vmapped program (default) or one after another")
 
 
+def _sisa_parser(sub) -> None:
+  p = sub.add_parser("sisa", help="exact unlearning with SISA: train, forget, status, digest, verify",
+                     description="SISA training (sharded, isolated, sliced, aggregated) with orbax checkpoints.")
+  ops = p.add_subparsers(dest="op", required=True)
+  t = ops.add_parser("train", help="train S shard models slice by slice into --dir")
+  t.add_argument("--dir", required=True, help="directory for checkpoints, plan, manifest and ledger (must be new)")
+  t.add_argument("--dataset", default="digits", help="digits (default), mnist1d, mnist1d:N or tfds:NAME")
+  t.add_argument("--model", default="mlp", help="mlp (default) or cnn")
+  t.add_argument("--shards", type=int, default=8)
+  t.add_argument("--slices", type=int, default=4)
+  t.add_argument("--epochs", type=int, default=20, help="epochs per shard model (spread over the slices)")
+  t.add_argument("--batch-size", type=int, default=32)
+  t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+  t.add_argument("--seed", type=int, default=0)
+  t.add_argument("--strategy", default="auto", choices=("auto", "vmap", "sequential"),
+                 help="all shards in one vmapped program, or one after another (auto: sequential on CPU)")
+  t.add_argument("--exclude-ids", default=None, help="file of ids (one per line) to leave out from the start")
+  t.add_argument("--data-dir", default=None, help="TFDS data directory (tfds: datasets only)")
+  f = ops.add_parser("forget", help="forget ids exactly (retrains only the affected shards and slices)")
+  f.add_argument("--dir", required=True)
+  group = f.add_mutually_exclusive_group(required=True)
+  group.add_argument("--ids", help="comma-separated ids, e.g. 3,17,42")
+  group.add_argument("--ids-file", help="file with one id per line")
+  for name, text in (("status", "plan, ledger and ensemble accuracy"),
+                     ("digest", "one sha256 per shard of its final parameters"),
+                     ("verify", "retrain the affected shards from scratch and compare bit for bit")):
+    ops.add_parser(name, help=text).add_argument("--dir", required=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the ``jaxunlearn`` console script."""
   parser = argparse.ArgumentParser(prog="jaxunlearn", description="Machine unlearning for JAX and Flax.")
   sub = parser.add_subparsers(dest="command", required=True)
   _demo_parser(sub)
   _score_parser(sub)
+  _sisa_parser(sub)
   args = parser.parse_args(argv)
+  from jaxunlearn._src.sisa import CheckpointError
+
   try:
     if args.command == "demo":
       return _run_demo(args)
     if args.command == "score":
       return _run_score(args)
-  except ValueError as err:
+    if args.command == "sisa":
+      from jaxunlearn._src import sisa_cli
+
+      return sisa_cli.run(args)
+  except (ValueError, FileExistsError, CheckpointError) as err:
     print(f"jaxunlearn {args.command}: error: {err}", file=sys.stderr)
     return 2
   except FileNotFoundError as err:

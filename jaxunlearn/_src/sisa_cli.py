@@ -1,0 +1,142 @@
+"""``jaxunlearn sisa ...``: the SISA job on the command line's reference datasets and models."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+import jax
+import numpy as np
+import optax
+
+from jaxunlearn._src import data as data_lib
+from jaxunlearn._src import losses, models, sisa
+
+
+def _open(directory: str, config: sisa.SisaConfig | None = None, data_dir: str | None = None):
+  """Builds the SISA job from ``config`` (train) or from the directory's stored config."""
+  if config is None:
+    path = os.path.join(directory, "config.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{directory} is not a SISA directory (no config.json); run `jaxunlearn sisa train` first.")
+    with open(path) as f:
+      stored = json.load(f)
+    config = sisa.SisaConfig(**stored["sisa"])
+    data_dir = stored.get("data_dir")
+  if config.dataset is None or config.model is None or config.learning_rate is None:
+    raise ValueError(f"{directory} was created from Python with custom functions; open it with jaxunlearn.sisa.SISA.")
+  train, test = data_lib.load(config.dataset, data_dir=data_dir)
+  apply, _ = models.create(config.model, train.input_shape, train.num_classes, key=jax.random.key(0))
+  init = models.init_fn(config.model, train.input_shape, train.num_classes)
+  job = sisa.SISA(directory, train, init_fn=init, apply_fn=apply, loss_fn=losses.cross_entropy_loss(apply),
+                  optimizer=_adam(config.learning_rate), config=config)
+  return job, test
+
+
+_OPTIMIZERS: dict[float, optax.GradientTransformation] = {}
+
+
+def _adam(lr: float) -> optax.GradientTransformation:
+  return _OPTIMIZERS.setdefault(lr, optax.adam(lr))
+
+
+@contextlib.contextmanager
+def _bar(console, description: str):
+  from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+  with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=console, transient=True) as progress:
+    task = progress.add_task(description, total=None)
+
+    def update(stage: str, done: int, total: int) -> None:
+      progress.update(task, description=f"{description} ({stage})", completed=done, total=total)
+
+    yield update
+
+
+def run(args) -> int:
+  from rich.console import Console
+
+  console = Console(stderr=False)
+  if args.op == "train":
+    config = sisa.SisaConfig(shards=args.shards, slices=args.slices, epochs=args.epochs, batch_size=args.batch_size,
+                             seed=args.seed, strategy=args.strategy, dataset=args.dataset, model=args.model,
+                             learning_rate=args.lr)
+    config.validate()
+    exclude = data_lib.read_ids_file(args.exclude_ids) if args.exclude_ids else None
+    job, _ = _open(args.dir, config, args.data_dir)
+    with _bar(console, "training shards") as bar:
+      summary = job.train(exclude_ids=exclude, progress=bar)
+    console.print(f"trained {config.shards} shards x {config.slices} slices ({job.strategy}): "
+                  f"{summary['steps']} steps in {summary['seconds']:.1f} s -> {args.dir}")
+    return 0
+  job, test = _open(args.dir)
+  if args.op == "forget":
+    ids = data_lib.read_ids_file(args.ids_file) if args.ids_file else _parse_ids(args.ids)
+    with _bar(console, "retraining") as bar:
+      record = job.forget(ids, progress=bar)
+    if record["noop"]:
+      console.print(f"nothing to do: id(s) {', '.join(map(str, record['already_forgotten']))} already forgotten.")
+      return 0
+    if record["already_forgotten"]:
+      console.print(f"already forgotten (skipped): {', '.join(map(str, record['already_forgotten']))}")
+    retrained = ", ".join(f"shard {k} from slice {v}" for k, v in record["retrained"].items())
+    console.print(f"forgot {len(record['ids'])} id(s): retrained {retrained}; {record['steps']} steps in "
+                  f"{record['seconds']:.2f} s (request #{record['seq']} in the ledger)")
+    return 0
+  if args.op == "digest":
+    for k, d in enumerate(job.digests()):
+      print(f"{k} {d}")
+    return 0
+  if args.op == "verify":
+    with _bar(console, "retraining from scratch") as bar:
+      result = job.verify(progress=bar)
+    for k, ok in result["shards"].items():
+      console.print(f"shard {k}: {'bit-identical to retraining from scratch' if ok else 'MISMATCH'}")
+    console.print("verified" if result["ok"] else "verification FAILED")
+    return 0 if result["ok"] else 1
+  if args.op == "status":
+    return _status(console, job, test)
+  raise ValueError(f"unknown sisa operation {args.op!r}")
+
+
+def _parse_ids(text: str) -> np.ndarray:
+  try:
+    return np.array([int(t) for t in text.split(",") if t.strip()], np.int64)
+  except ValueError:
+    raise ValueError(f"--ids must be comma-separated integers, got {text!r}.") from None
+
+
+def _status(console, job: sisa.SISA, test: data_lib.Dataset) -> int:
+  from rich.table import Table
+
+  st = job.status()
+  c = st["config"]
+  console.print(f"SISA {job.directory}: {c['dataset']} / {c['model']}, {c['shards']} shards x {c['slices']} slices, "
+                f"{c['epochs']} epochs ({job.config.stage_epochs} per stage), batch {c['batch_size']}, "
+                f"strategy {st['strategy']}")
+  console.print(f"{st['examples']} examples in the plan, {st['forgotten']} forgotten; training took "
+                f"{st['train_steps']} steps in {st['train_seconds']:.1f} s")
+  plan = Table(title="examples per shard and slice (forgotten ones excluded)")
+  plan.add_column("shard")
+  for r in range(c["slices"]):
+    plan.add_column(f"slice {r}", justify="right")
+  for k, sizes in enumerate(st["sizes"]):
+    plan.add_row(str(k), *map(str, sizes))
+  console.print(plan)
+  ledger = Table(title="ledger")
+  for col in ("#", "time", "ids", "retrained (shard: first slice)", "steps", "seconds"):
+    ledger.add_column(col)
+  for r in st["requests"]:
+    ids = ", ".join(map(str, r["ids"][:8])) + (" ..." if len(r["ids"]) > 8 else "")
+    ledger.add_row(str(r["seq"]), r["time"], ids, ", ".join(f"{k}: {v}" for k, v in r["retrained"].items()),
+                   str(r["steps"]), f"{r['seconds']:.2f}")
+  console.print(ledger)
+  logits = job.logits(test.x)
+  vote = float(np.mean(sisa.aggregate(logits, "vote") == test.y))
+  soft = float(np.mean(sisa.aggregate(logits, "softmax") == test.y))
+  each = np.mean(logits.argmax(-1) == test.y[None], axis=1)
+  console.print(f"test accuracy: majority vote {vote:.3f}, mean softmax {soft:.3f}; single shard models "
+                f"{each.min():.3f}..{each.max():.3f} (mean {each.mean():.3f})")
+  return 0
