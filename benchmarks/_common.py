@@ -1,0 +1,52 @@
+"""Shared helpers of the benchmark scripts: machine description, result files, timing."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+
+
+def machine() -> dict:
+  devices = jax.devices()
+  return {
+      "date": datetime.date.today().isoformat(),
+      "platform": platform.platform(),
+      "cpu_count": os.cpu_count(),
+      "backend": jax.default_backend(),
+      "device": devices[0].device_kind,
+      "device_count": len(devices),
+      "jax": jax.__version__,
+      "python": platform.python_version(),
+  }
+
+
+def machine_line(m: dict) -> str:
+  return (f"Machine: {m['device']} x{m['device_count']} ({m['backend']}), {m['cpu_count']} CPU cores, "
+          f"{m['platform']}, jax {m['jax']}, Python {m['python']}, {m['date']}.")
+
+
+def write(name: str, payload: dict, markdown: str) -> None:
+  os.makedirs(RESULTS, exist_ok=True)
+  with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
+    json.dump(payload, f, indent=1)
+  with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
+    f.write(markdown)
+  print(markdown)
+
+
+def median_time(fn, reps: int) -> float:
+  """Median wall time of ``reps`` calls of ``fn`` (which must block on its result)."""
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
