@@ -132,8 +132,9 @@ def _run_demo(args) -> int:
       log=lambda msg: console.print(f"  {msg}", style="dim"),
   )
   table = Table(title=f"Unlearning on {args.dataset}: forget {args.forget} ({report['forget_size']} examples)")
-  for col in ("method", "forget acc", "retain acc", "test acc", "MIA AUC", "JS to retrained", "seconds",
-              "compile s", "speed-up vs retrain", "relearn steps"):
+  by_class = report["original"].get("test_forgotten_classes_acc") is not None
+  for col in ("method", "forget acc", "retain acc", "test acc") + (("test acc, forgotten classes",) if by_class else ()) + (
+      "MIA AUC", "JS to retrained", "seconds", "compile s", "speed-up vs retrain", "relearn steps"):
     table.add_column(col, justify="left" if col == "method" else "right")
   retrain_s = report["retrain"]["seconds"]
   for name, row in [("original", report["original"]), ("retrain", report["retrain"])] + list(
@@ -145,6 +146,7 @@ def _run_demo(args) -> int:
         f"{row['forget_acc']:.3f}",
         f"{row['retain_acc']:.3f}",
         f"{row['test_acc']:.3f}",
+        *((f"{row['test_forgotten_classes_acc']:.3f}",) if by_class else ()),
         f"{row['mia_auc']:.3f}",
         f"{row['js_to_retrain']:.4f}",
         f"{row['seconds']:.2f}",

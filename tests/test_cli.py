@@ -17,6 +17,8 @@ def test_demo_defaults_reach_the_class_forgetting_targets(tmp_path, capsys):
     assert keys <= set(row)
   assert report["original"]["forget_acc"] > 0.9
   assert report["retrain"]["forget_acc"] < 0.05  # a class never seen is never predicted
+  assert report["retrain"]["test_forgotten_classes_acc"] == 0.0
+  assert report["original"]["test_forgotten_classes_acc"] > 0.9
   for name in methods:
     row = report["methods"][name]
     assert row["forget_acc"] <= 0.05, (name, row)

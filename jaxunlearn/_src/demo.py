@@ -147,6 +147,10 @@ def run(
       dataset=dataset, forget=forget, model=model, seed=seed, data_dir=data_dir
   )
 
+  # Class forgetting: also the test accuracy on the forgotten classes alone (0 for the retrained model).
+  forgotten_classes = np.unique(forget_ds.y) if forget.startswith("class:") else None
+  in_forgotten = None if forgotten_classes is None else np.isin(test.y, forgotten_classes)
+
   def evaluate(params, first_s: float, steady_s: float, reference_forget_logits: np.ndarray | None):
     """(metrics of ``params``, its forget-set logits); JS is against ``reference_forget_logits``
     (None: this model is the reference)."""
@@ -158,6 +162,8 @@ def run(
         "forget_acc": metrics.accuracy(logits["forget"], forget_ds.y),
         "retain_acc": metrics.accuracy(logits["retain"], retain_ds.y),
         "test_acc": metrics.accuracy(logits["test"], test.y),
+        "test_forgotten_classes_acc": None if in_forgotten is None or not in_forgotten.any() else metrics.accuracy(
+            logits["test"][in_forgotten], test.y[in_forgotten]),
         # Loss-threshold attack, forget (as members) vs test: 0.5 = indistinguishable.
         "mia_auc": metrics.loss_threshold_mia(losses_["forget"], losses_["test"])["auc"],
         # Logistic attack trained retain-vs-test on per-example loss, applied to the forget set.
