@@ -1,0 +1,230 @@
+r"""Sums of squared per-example gradients without materialising per-example gradients.
+
+For a dense layer :math:`z_i = a_i W + b` applied to example :math:`i` (one row per example), the
+per-example gradient is :math:`\nabla_W \ell_i = a_i^\top \delta_i` with :math:`\delta_i =
+\partial \ell_i / \partial z_i`, so
+
+.. math:: \sum_i (\nabla_W \ell_i)^{\circ 2} = (a^{\circ 2})^\top (\delta^{\circ 2}), \qquad
+          \sum_i (\nabla_b \ell_i)^{\circ 2} = \textstyle\sum_i \delta_i^{\circ 2},
+
+one matrix product over the batch, the cost of one backward pass (Goodfellow, 2015).
+
+This works on the *traced program* of any ``loss_fn``: the per-example losses
+``vmap(lambda e: loss_fn(params, e[None]))`` are traced to a jaxpr (inlining nested ``jit`` calls),
+and every parameter leaf whose only use is as the right operand of a row-wise ``dot_general``
+(a dense kernel) or, through broadcasts and reshapes, as an addend of such a layer's output (a
+bias) is handled by the identity above. The cotangents :math:`\delta` come from one ``grad`` of the
+summed per-example losses with respect to zero perturbations added to those outputs (exact: each
+example's loss depends only on its own rows). Every other leaf (convolutions, normalisation
+scales, tied weights, weights in a penalty term) falls back to ``vmap(grad)`` restricted to those
+leaves.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.extend import core as jex_core
+
+_INLINE = {"pjit", "jit", "closed_call", "core_call"}
+_ALIAS = {"broadcast_in_dim", "reshape"}
+
+
+class _Eqn(NamedTuple):
+  primitive: Any
+  ins: tuple  # int tokens or ("lit", value)
+  outs: tuple
+  params: dict
+  in_avals: tuple
+  out_avals: tuple
+
+
+def _flatten(closed) -> tuple[list[_Eqn], list[int], list[tuple[int, Any]], list[int]]:
+  """Flat equations with integer tokens, nested jit calls inlined.
+
+  Returns (eqns, invar tokens, [(const token, value)], outvar tokens).
+  """
+  counter = itertools.count()
+  eqns: list[_Eqn] = []
+
+  def atom(env, a):
+    if isinstance(a, jex_core.Literal):
+      return ("lit", a.val)
+    return env[a]
+
+  def walk(jaxpr, env):
+    for e in jaxpr.eqns:
+      ins = tuple(atom(env, a) for a in e.invars)
+      if e.primitive.name in _INLINE and "jaxpr" in e.params:
+        inner = e.params["jaxpr"]
+        inner_jaxpr = inner.jaxpr if hasattr(inner, "jaxpr") else inner
+        inner_env = {}
+        consts = getattr(inner, "consts", ())
+        for v, c in zip(inner_jaxpr.constvars, consts):
+          tok = next(counter)
+          const_tokens.append((tok, c))
+          inner_env[v] = tok
+        for v, t in zip(inner_jaxpr.invars, ins):
+          if isinstance(t, tuple):  # a literal passed into the call: bind it as a constant
+            tok = next(counter)
+            const_tokens.append((tok, t[1]))
+            t = tok
+          inner_env[v] = t
+        walk(inner_jaxpr, inner_env)
+        for v, a in zip(e.outvars, inner_jaxpr.outvars):
+          env[v] = atom(inner_env, a)
+        continue
+      outs = []
+      for v in e.outvars:
+        tok = next(counter)
+        env[v] = tok
+        outs.append(tok)
+      eqns.append(_Eqn(e.primitive, ins, tuple(outs), dict(e.params),
+                       tuple(getattr(a, "aval", None) for a in e.invars), tuple(v.aval for v in e.outvars)))
+
+  const_tokens: list[tuple[int, Any]] = []
+  env = {}
+  for v, c in zip(closed.jaxpr.constvars, closed.consts):
+    tok = next(counter)
+    env[v] = tok
+    const_tokens.append((tok, c))
+  in_tokens = []
+  for v in closed.jaxpr.invars:
+    tok = next(counter)
+    env[v] = tok
+    in_tokens.append(tok)
+  walk(closed.jaxpr, env)
+  out_tokens = [atom(env, a) for a in closed.jaxpr.outvars]
+  return eqns, in_tokens, const_tokens, out_tokens
+
+
+def _row_shape_ok(shape, batch: int, last: int) -> bool:
+  # [B, 1, ..., 1, last]: one row per example.
+  return len(shape) >= 2 and shape[0] == batch and shape[-1] == last and all(d == 1 for d in shape[1:-1])
+
+
+def _analyse(eqns: list[_Eqn], param_tokens: list[int], batch: int):
+  """Finds decomposable leaves: {leaf index: ("dense", eqn index) | ("bias", eqn index)}."""
+  uses: dict[int, list[tuple[int, int]]] = {}
+  for i, e in enumerate(eqns):
+    for pos, t in enumerate(e.ins):
+      if isinstance(t, int):
+        uses.setdefault(t, []).append((i, pos))
+  found = {}
+  for k, tok in enumerate(param_tokens):
+    u = uses.get(tok, [])
+    if len(u) != 1:
+      continue
+    i, pos = u[0]
+    e = eqns[i]
+    name = e.primitive.name
+    if name == "dot_general" and pos == 1:
+      (lc, rc), (lb, rb) = e.params["dimension_numbers"]
+      lhs, rhs = e.in_avals
+      if (len(rhs.shape) == 2 and tuple(rc) == (0,) and not lb and not rb and tuple(lc) == (len(lhs.shape) - 1,)
+          and _row_shape_ok(lhs.shape, batch, rhs.shape[0]) and _row_shape_ok(e.out_avals[0].shape, batch, rhs.shape[1])):
+        found[k] = ("dense", i)
+      continue
+    if len(e.in_avals[pos].shape) != 1:
+      continue
+    size = e.in_avals[pos].shape[0]
+    # Follow single-use broadcast/reshape aliases to one add.
+    while e.primitive.name in _ALIAS or (
+        e.primitive.name == "convert_element_type" and e.out_avals[0].dtype == e.in_avals[0].dtype):
+      nxt = uses.get(e.outs[0], [])
+      if len(nxt) != 1:
+        break
+      i, pos = nxt[0]
+      e = eqns[i]
+    if e.primitive.name in ("add", "add_any") and _row_shape_ok(e.out_avals[0].shape, batch, size) and \
+        tuple(e.in_avals[1 - pos].shape) == tuple(e.out_avals[0].shape):
+      found[k] = ("bias", i)
+  return found
+
+
+def _evaluate(eqns, in_tokens, const_tokens, out_tokens, args, perturb: dict[int, Any], record: set[int]):
+  env = dict(const_tokens)
+  env.update(zip(in_tokens, args))
+  recorded = {}
+  read = lambda t: t[1] if isinstance(t, tuple) else env[t]  # noqa: E731
+  for i, e in enumerate(eqns):
+    vals = [read(t) for t in e.ins]
+    if i in record:
+      recorded[i] = vals[0]
+    out = e.primitive.bind(*vals, **e.primitive.get_bind_params(e.params))
+    out = out if e.primitive.multiple_results else [out]
+    if i in perturb:
+      out = [out[0] + perturb[i]]
+    env.update(zip(e.outs, out))
+  return [read(t) for t in out_tokens], recorded
+
+
+def squared_grad_sum(loss_fn, params, chunk) -> Any:
+  """:math:`\\sum_i (\\partial \\ell(\\theta; z_i) / \\partial \\theta)^2` over the examples of
+  ``chunk`` (leading axis), float32, shaped like ``params``; ``loss_fn`` is called per example on
+  one-example batches, exactly as ``vmap(grad)`` would."""
+  flat_p, p_def = jax.tree_util.tree_flatten(params)
+  flat_c, c_def = jax.tree_util.tree_flatten(chunk)
+  batch = int(jnp.shape(flat_c[0])[0])
+
+  def example_loss(p_leaves, example):
+    p = jax.tree_util.tree_unflatten(p_def, p_leaves)
+    return loss_fn(p, jax.tree_util.tree_map(lambda x: x[None], example))
+
+  def total(p_leaves, c_leaves):
+    per = jax.vmap(example_loss, in_axes=(None, 0))(p_leaves, jax.tree_util.tree_unflatten(c_def, c_leaves))
+    return jnp.sum(per)
+
+  closed = jax.make_jaxpr(total)(flat_p, flat_c)
+  eqns, in_tokens, const_tokens, out_tokens = _flatten(closed)
+  found = _analyse(eqns, in_tokens[:len(flat_p)], batch)
+  out = [None] * len(flat_p)
+  if found:
+    sites = {i: jnp.zeros(eqns[i].out_avals[0].shape, eqns[i].out_avals[0].dtype) for _, i in found.values()}
+    dense_sites = {i for kind, i in found.values() if kind == "dense"}
+
+    def perturbed(eps):
+      (loss,), acts = _evaluate(eqns, in_tokens, const_tokens, out_tokens, flat_p + flat_c, eps, dense_sites)
+      return loss, acts
+
+    deltas, acts = jax.grad(perturbed, has_aux=True)(sites)
+    for k, (kind, i) in found.items():
+      d2 = jnp.square(deltas[i].reshape(batch, -1).astype(jnp.float32))
+      if kind == "dense":
+        a2 = jnp.square(acts[i].reshape(batch, -1).astype(jnp.float32))
+        out[k] = a2.T @ d2
+      else:
+        out[k] = jnp.sum(d2, axis=0)
+  rest = [k for k in range(len(flat_p)) if k not in found]
+  if rest:
+    def rest_loss(sub, example):
+      leaves = list(flat_p)
+      for k, v in zip(rest, sub):
+        leaves[k] = v
+      return example_loss(leaves, example)
+
+    grads = jax.vmap(jax.grad(rest_loss), in_axes=(None, 0))([flat_p[k] for k in rest], chunk)
+    for k, g in zip(rest, grads):
+      out[k] = jnp.sum(jnp.square(g.astype(jnp.float32)), axis=0)
+  return jax.tree_util.tree_unflatten(p_def, [o.reshape(jnp.shape(p)) for o, p in zip(out, flat_p)])
+
+
+def decomposed_leaves(loss_fn, params, chunk) -> list[str]:
+  """Paths of the parameter leaves the fast path handles (the rest use ``vmap(grad)``)."""
+  from jaxunlearn._src.base import path_str
+
+  flat_p, p_def = jax.tree_util.tree_flatten(params)
+  paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  flat_c, c_def = jax.tree_util.tree_flatten(chunk)
+
+  def total(p_leaves, c_leaves):
+    p = jax.tree_util.tree_unflatten(p_def, p_leaves)
+    one = lambda e: loss_fn(p, jax.tree_util.tree_map(lambda x: x[None], e))  # noqa: E731
+    return jnp.sum(jax.vmap(one)(jax.tree_util.tree_unflatten(c_def, c_leaves)))
+
+  eqns, in_tokens, _, _ = _flatten(jax.make_jaxpr(total)(flat_p, flat_c))
+  found = _analyse(eqns, in_tokens[:len(flat_p)], int(jnp.shape(flat_c[0])[0]))
+  return [paths[k] for k in sorted(found)]

@@ -1,0 +1,80 @@
+"""The decomposed per-example Fisher against an explicit per-example loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxunlearn
+from jaxunlearn import losses, models
+from jaxunlearn._src import fastfisher
+
+
+def _explicit(loss_fn, params, chunk):
+  """Sum over examples of squared gradients, one jax.grad call per example, squares in NumPy."""
+  n = len(jax.tree.leaves(chunk)[0])
+  total = jax.tree.map(lambda p: np.zeros(np.shape(p), np.float64), params)
+  grad = jax.jit(jax.grad(loss_fn))
+  for i in range(n):
+    g = grad(params, jax.tree.map(lambda x: x[i:i + 1], chunk))
+    total = jax.tree.map(lambda t, g: t + np.square(np.asarray(g, np.float64)), total, g)
+  return total
+
+
+def _check(loss_fn, params, chunk, rtol=2e-5):
+  got = jax.jit(lambda p, c: fastfisher.squared_grad_sum(loss_fn, p, c))(params, chunk)
+  want = _explicit(loss_fn, params, chunk)
+  for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(g, np.float64), w, rtol=rtol, atol=1e-7 * np.max(w), err_msg=str(path))
+
+
+@pytest.fixture(scope="module")
+def chunk(digits):
+  train, _ = digits
+  return {"x": jnp.asarray(train.x[:24]), "y": jnp.asarray(train.y[:24])}
+
+
+def test_flax_mlp_is_fully_decomposed(chunk):
+  apply, params = models.create("mlp", (8, 8, 1), 10, key=jax.random.key(0))
+  loss = losses.cross_entropy_loss(apply)
+  assert len(fastfisher.decomposed_leaves(loss, params, chunk)) == len(jax.tree.leaves(params))
+  _check(loss, params, chunk)
+
+
+def test_cnn_decomposes_dense_layers_and_falls_back_for_convolutions(chunk):
+  apply, params = models.create("cnn", (8, 8, 1), 10, key=jax.random.key(1))
+  loss = losses.cross_entropy_loss(apply)
+  assert fastfisher.decomposed_leaves(loss, params, chunk) == ["fc/bias", "fc/kernel", "head/bias", "head/kernel"]
+  _check(loss, params, chunk)
+
+
+def test_plain_jax_loss_with_penalty_tied_weights_and_no_bias(chunk):
+  k = jax.random.split(jax.random.key(2), 3)
+  params = {"w1": jax.random.normal(k[0], (64, 32)) * 0.2, "b1": jnp.full(32, 0.1),
+            "tied": jax.random.normal(k[1], (32, 32)) * 0.2, "w2": jax.random.normal(k[2], (32, 10)) * 0.2,
+            "scale": jnp.ones(32)}
+
+  def loss(p, b):
+    x = b["x"].reshape(b["x"].shape[0], -1)
+    h = jnp.tanh(x @ p["w1"] + p["b1"][None, :])
+    h = jnp.tanh(h @ p["tied"]) * p["scale"][None, :]
+    h = jnp.tanh(h @ p["tied"])  # used twice: not decomposable, must fall back
+    logits = h @ p["w2"]  # no bias
+    nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, b["y"][:, None], -1)[:, 0]
+    return jnp.mean(nll) + 1e-2 * jnp.sum(p["w1"] ** 2)  # the penalty makes w1 not per-example
+
+  assert fastfisher.decomposed_leaves(loss, params, chunk) == ["b1", "w2"]
+  _check(loss, params, chunk)
+
+
+def test_fisher_diagonal_methods_agree(digits):
+  train, _ = digits
+  apply, params = models.create("mlp", (8, 8, 1), 10, key=jax.random.key(3))
+  loss = losses.cross_entropy_loss(apply)
+  data = {"x": train.x[:300], "y": train.y[:300]}
+  a = jaxunlearn.fisher_diagonal(loss, params, data, batch_size=64)
+  b = jaxunlearn.fisher_diagonal(loss, params, data, batch_size=64, method="vmap")
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-5, atol=1e-12)
+  with pytest.raises(ValueError, match="unknown method"):
+    jaxunlearn.fisher_diagonal(loss, params, data, batch_size=64, method="magic")
