@@ -1,0 +1,1 @@
+"""Plain PyTorch implementations of the algorithms jaxunlearn ships, for side-by-side timing."""

@@ -1,0 +1,166 @@
+"""Side by side with PyTorch (issue tables 3 and 4): per-example Fisher, SSD and gradient
+difference on the same architectures, data and batch sizes, timed interleaved in one run.
+
+    pip install ".[bench]"            # torch==2.13.0, the CPU wheel
+    python benchmarks/vs_torch.py     # writes benchmarks/results/vs_torch.{json,md}
+
+Every job runs once to warm up (JAX compiles), then ``--reps`` rounds in which each job runs once,
+in a fixed order (A B C ... A B C ...); each job's time is its median over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _common  # noqa: E402
+from baselines import torch_unlearning as tu  # noqa: E402
+
+import jaxunlearn  # noqa: E402
+from jaxunlearn import data, losses, models  # noqa: E402
+from jaxunlearn._src import recipes  # noqa: E402
+
+BATCH = 64
+
+
+def reference_models():
+  digits, _ = data.load("digits")
+  m1d, _ = data.load("mnist1d")
+  rng = np.random.default_rng(0)
+  cifar = (rng.normal(size=(512, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, 512).astype(np.int32))
+  return [
+      ("digits MLP", "mlp", digits.x, digits.y),
+      ("MNIST-1D MLP", "mlp", m1d.x, m1d.y),
+      ("MNIST-1D CNN", "cnn", m1d.x, m1d.y),
+      ("CIFAR-size CNN (random inputs)", "cnn", *cifar),
+  ]
+
+
+def interleaved(jobs: dict, reps: int) -> dict:
+  for fn in jobs.values():
+    fn()
+  times = {k: [] for k in jobs}
+  for _ in range(reps):
+    for k, fn in jobs.items():
+      t0 = time.perf_counter()
+      fn()
+      times[k].append(time.perf_counter() - t0)
+  return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_model(label, kind, x, y, reps):
+  n = (len(x) // BATCH) * BATCH
+  x, y = x[:n], y[:n]
+  shape = x.shape[1:]
+  apply, params = models.create(kind, shape, 10, key=jax.random.key(0))
+  loss = losses.cross_entropy_loss(apply)
+  unroll = kind == "cnn"  # XLA:CPU runs convolutions inside a rolled scan ~30x slower
+  full = {"x": jnp.asarray(x), "y": jnp.asarray(y)}
+  n_forget = (n // 10 // BATCH) * BATCH or BATCH
+  forget = {"x": full["x"][:n_forget], "y": full["y"][:n_forget]}
+
+  @jax.jit
+  def jax_batch_pass(p, d):
+    chunks = jax.tree.map(lambda a: a.reshape((-1, BATCH) + a.shape[1:]), d)
+    body = lambda acc, c: (jax.tree.map(jnp.add, acc, jax.grad(loss)(p, c)), None)  # noqa: E731
+    return jax.lax.scan(body, jax.tree.map(jnp.zeros_like, p), chunks, unroll=unroll)[0]
+
+  def jax_ssd(per_example):
+    i_f = jaxunlearn.fisher_diagonal(loss, params, forget, batch_size=BATCH, per_example=per_example, unroll=unroll)
+    i_d = jaxunlearn.fisher_diagonal(loss, params, full, batch_size=BATCH, per_example=per_example, unroll=unroll)
+    return jax.block_until_ready(jaxunlearn.ssd_dampen(params, i_f, i_d, alpha=10.0, dampening=1.0))
+
+  opt = optax.adam(1e-4)
+  tx, gd_step = recipes._graddiff_step(loss, opt, 1.0, 1.0)
+  steps = 20
+  retain_batches = [jax.tree.map(lambda a: a[(t * BATCH) % n:(t * BATCH) % n + BATCH], full) for t in range(steps)]
+  forget_batches = [jax.tree.map(lambda a: a[(t * BATCH) % n_forget:(t * BATCH) % n_forget + BATCH], forget)
+                    for t in range(steps)]
+  mask = jnp.ones(BATCH, jnp.float32)
+
+  def jax_graddiff():
+    p, s = params, tx.init(params)
+    for f, r in zip(forget_batches, retain_batches):
+      p, s = gd_step(p, s, {**f, "mask": mask}, {**r, "mask": mask})
+    return jax.block_until_ready(p)
+
+  torch.manual_seed(0)
+  tmodel = tu.MLP(int(np.prod(shape)), 10) if kind == "mlp" else tu.CNN(shape, 10)
+  tx_, ty_ = tu.to_torch(x), torch.from_numpy(np.asarray(y, np.int64))
+  tf_, tyf = tx_[:n_forget], ty_[:n_forget]
+  state = {k: v.clone() for k, v in tmodel.state_dict().items()}
+
+  def torch_ssd():
+    tmodel.load_state_dict(state)
+    tu.ssd(tmodel, (tf_, tyf), (tx_, ty_), alpha=10.0, dampening=1.0, batch_size=BATCH)
+
+  def torch_graddiff():
+    tmodel.load_state_dict(state)
+    tu.graddiff_steps(tmodel, torch.optim.Adam(tmodel.parameters(), 1e-4), (tf_, tyf), (tx_, ty_), steps=steps,
+                      batch_size=BATCH)
+
+  jobs = {
+      "jax batch-gradient pass": lambda: jax.block_until_ready(jax_batch_pass(params, full)),
+      "jax fisher (decompose)": lambda: jax.block_until_ready(
+          jaxunlearn.fisher_diagonal(loss, params, full, batch_size=BATCH, unroll=unroll)),
+      "jax fisher (vmap)": lambda: jax.block_until_ready(
+          jaxunlearn.fisher_diagonal(loss, params, full, batch_size=BATCH, method="vmap", unroll=unroll)),
+      "torch batch-gradient pass": lambda: tu.batch_gradient_pass(tmodel, tx_, ty_, BATCH),
+      "torch.func fisher": lambda: tu.per_example_fisher(tmodel, tx_, ty_, BATCH),
+      "jax ssd (per-batch, original definition)": lambda: jax_ssd(False),
+      "torch ssd (original code)": torch_ssd,
+      "jax graddiff 20 steps": jax_graddiff,
+      "torch graddiff 20 steps": torch_graddiff,
+  }
+  t0 = time.perf_counter()
+  times = interleaved(jobs, reps)
+  print(f"{label}: {time.perf_counter() - t0:.0f} s", {k: round(v * 1e3, 1) for k, v in times.items()}, flush=True)
+  return {"model": label, "examples": n, "batch_size": BATCH, "seconds": times}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--reps", type=int, default=5)
+  args = p.parse_args()
+  m = _common.machine()
+  m["torch"] = torch.__version__
+  m["torch_threads"] = torch.get_num_threads()
+  rows = [bench_model(*spec, args.reps) for spec in reference_models()]
+  md = ["# jaxunlearn against PyTorch", "", _common.machine_line(m) + f" PyTorch {m['torch']} "
+        f"({m['torch_threads']} threads).", "",
+        f"Same architecture, data and batch size ({BATCH}); jobs timed interleaved, median of {args.reps} rounds "
+        "after a warm-up (milliseconds). Ratios above 1 mean jaxunlearn is faster.", "",
+        "## Per-example Fisher diagonal (table 4)", "",
+        "| model | examples | JAX batch-gradient pass | fisher, decompose | / batch pass | fisher, vmap(grad) | "
+        "/ batch pass | torch.func | torch.func / decompose |", "| --- |" + " ---: |" * 8]
+  for r in rows:
+    s = {k: v * 1e3 for k, v in r["seconds"].items()}
+    b, d, v, tf = s["jax batch-gradient pass"], s["jax fisher (decompose)"], s["jax fisher (vmap)"], s["torch.func fisher"]
+    md.append(f"| {r['model']} | {r['examples']} | {b:.1f} | {d:.1f} | {d / b:.2f}x | {v:.1f} | {v / b:.1f}x | "
+              f"{tf:.1f} | {tf / d:.2f}x |")
+  md += ["", "## Methods (table 3)", "",
+         "| model | SSD jax | SSD torch (original code) | torch / jax | graddiff 20 steps jax | torch | torch / jax | "
+         "batch pass jax | torch | torch / jax |", "| --- |" + " ---: |" * 9]
+  for r in rows:
+    s = {k: v * 1e3 for k, v in r["seconds"].items()}
+    a, b = s["jax ssd (per-batch, original definition)"], s["torch ssd (original code)"]
+    c, d = s["jax graddiff 20 steps"], s["torch graddiff 20 steps"]
+    e, f = s["jax batch-gradient pass"], s["torch batch-gradient pass"]
+    md.append(f"| {r['model']} | {a:.1f} | {b:.1f} | {b / a:.2f}x | {c:.1f} | {d:.1f} | {d / c:.2f}x | {e:.1f} | "
+              f"{f:.1f} | {f / e:.2f}x |")
+  md.append("")
+  _common.write("vs_torch", {"machine": m, "rows": rows}, "\n".join(md))
+
+
+if __name__ == "__main__":
+  main()
