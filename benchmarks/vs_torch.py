@@ -131,11 +131,12 @@ def bench_model(label, kind, x, y, reps):
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--reps", type=int, default=5)
+  p.add_argument("--only", default=None, help="run only the models whose label contains this text")
   args = p.parse_args()
   m = _common.machine()
   m["torch"] = torch.__version__
   m["torch_threads"] = torch.get_num_threads()
-  rows = [bench_model(*spec, args.reps) for spec in reference_models()]
+  rows = [bench_model(*spec, args.reps) for spec in reference_models() if not args.only or args.only in spec[0]]
   md = ["# jaxunlearn against PyTorch", "", _common.machine_line(m) + f" PyTorch {m['torch']} "
         f"({m['torch_threads']} threads).", "",
         f"Same architecture, data and batch size ({BATCH}); jobs timed interleaved, median of {args.reps} rounds "

@@ -67,3 +67,18 @@ def test_fit_padded_batch_equals_unpadded_gradient(digits):
   g2 = jax.grad(loss)(params, plain)
   for x, y in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape,window", [((3, 9, 7, 2), (3, 3)), ((3, 10, 8, 3), (3, 3)), ((3, 41, 2), (3,)), ((2, 6, 5, 1), (2, 2))])
+def test_cnn_building_blocks_match_flax(shape, window):
+  # The CNN computes convolutions as matmuls over shifted inputs and pooling as reshape + max
+  # (faster on XLA:CPU); Flax's Conv and max_pool are the independent reference.
+  from flax import nnx
+
+  from jaxunlearn._src.models import _conv_same, _max_pool2
+
+  x = jax.random.normal(jax.random.key(0), shape)
+  conv = nnx.Conv(shape[-1], 4, window, padding="SAME", rngs=nnx.Rngs(1))
+  np.testing.assert_allclose(_conv_same(x, conv.kernel[...], conv.bias[...]), conv(x), rtol=1e-5, atol=1e-5)
+  w = (2,) * (len(shape) - 2)
+  np.testing.assert_array_equal(_max_pool2(x), nnx.max_pool(x, w, strides=w))
