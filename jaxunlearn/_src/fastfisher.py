@@ -15,7 +15,8 @@ and every parameter leaf whose only use is as the right operand of a row-wise ``
 (a dense kernel) or, through broadcasts and reshapes, as an addend of such a layer's output (a
 bias) is handled by the identity above. The cotangents :math:`\delta` come from one ``grad`` of the
 summed per-example losses with respect to zero perturbations added to those outputs (exact: each
-example's loss depends only on its own rows). Every other leaf (convolutions, normalisation
+example's loss depends only on its own rows). A site counts only if tracing again with one more
+example grows exactly its leading axis (that axis is the example axis). Every other leaf (convolutions, normalisation
 scales, tied weights, weights in a penalty term) falls back to ``vmap(grad)`` restricted to those
 leaves.
 """
@@ -145,6 +146,30 @@ def _analyse(eqns: list[_Eqn], param_tokens: list[int], batch: int):
   return found
 
 
+def _confirm_example_axis(total, flat_p, flat_c, eqns, found):
+  """Keeps the sites whose leading axis is the example axis: traced again with one more example,
+  that axis (and only it) must grow by one. A program whose structure changes keeps none."""
+  if not found:
+    return found
+  bigger = [jax.ShapeDtypeStruct((jnp.shape(c)[0] + 1,) + tuple(jnp.shape(c)[1:]), jnp.result_type(c)) for c in flat_c]
+  eqns2 = _flatten(jax.make_jaxpr(total)(flat_p, bigger))[0]
+  if len(eqns2) != len(eqns):
+    return {}
+  def same_or_grown(x, y):
+    return tuple(x) == tuple(y) or (len(x) == len(y) >= 1 and y[0] == x[0] + 1 and tuple(x[1:]) == tuple(y[1:]))
+
+  kept = {}
+  for k, (kind, i) in found.items():
+    a, b = eqns[i], eqns2[i]
+    pairs = [(x.shape, y.shape) for x, y in zip(a.in_avals + a.out_avals, b.in_avals + b.out_avals)
+             if x is not None and y is not None]
+    out_a, out_b = a.out_avals[0].shape, b.out_avals[0].shape
+    if (a.primitive == b.primitive and all(same_or_grown(x, y) for x, y in pairs)
+        and out_b[0] == out_a[0] + 1 and tuple(out_b[1:]) == tuple(out_a[1:])):
+      kept[k] = (kind, i)
+  return kept
+
+
 def _evaluate(eqns, in_tokens, const_tokens, out_tokens, args, perturb: dict[int, Any], record: set[int]):
   env = dict(const_tokens)
   env.update(zip(in_tokens, args))
@@ -180,7 +205,7 @@ def squared_grad_sum(loss_fn, params, chunk) -> Any:
 
   closed = jax.make_jaxpr(total)(flat_p, flat_c)
   eqns, in_tokens, const_tokens, out_tokens = _flatten(closed)
-  found = _analyse(eqns, in_tokens[:len(flat_p)], batch)
+  found = _confirm_example_axis(total, flat_p, flat_c, eqns, _analyse(eqns, in_tokens[:len(flat_p)], batch))
   out = [None] * len(flat_p)
   if found:
     sites = {i: jnp.zeros(eqns[i].out_avals[0].shape, eqns[i].out_avals[0].dtype) for _, i in found.values()}
@@ -226,5 +251,6 @@ def decomposed_leaves(loss_fn, params, chunk) -> list[str]:
     return jnp.sum(jax.vmap(one)(jax.tree_util.tree_unflatten(c_def, c_leaves)))
 
   eqns, in_tokens, _, _ = _flatten(jax.make_jaxpr(total)(flat_p, flat_c))
-  found = _analyse(eqns, in_tokens[:len(flat_p)], int(jnp.shape(flat_c[0])[0]))
+  found = _confirm_example_axis(total, flat_p, flat_c, eqns,
+                                _analyse(eqns, in_tokens[:len(flat_p)], int(jnp.shape(flat_c[0])[0])))
   return [paths[k] for k in sorted(found)]
