@@ -99,11 +99,12 @@ def epochs_schedule(
   if len(seeds) != lanes:
     raise ValueError(f"need one seed per lane: {lanes} lanes, {len(seeds)} seeds.")
   positions = np.arange(len(ds))
+  empty = (np.zeros((0, batch_size), np.int32), np.zeros((0, batch_size), np.float32))
   per_lane = []
   for m in range(lanes):
-    parts = [epoch_rows(positions, ds.ids, batch_size=batch_size, seed=int(seeds[m]), epoch=e) for e in range(epochs)]
-    per_lane.append((np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, batch_size), np.int32),
-                     np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, batch_size), np.float32)))
+    parts = [empty] + [epoch_rows(positions, ds.ids, batch_size=batch_size, seed=int(seeds[m]), epoch=e)
+                       for e in range(epochs)]
+    per_lane.append((np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])))
   return stack_lanes(per_lane, batch_size)
 
 

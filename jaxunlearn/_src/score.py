@@ -100,8 +100,7 @@ def _gradient_difference(j: _Job):
 def _ssd(j: _Job):
   h = HYPER["ssd"]
   fn = _vmapped_ssd(j.loss, h["alpha"], h["dampening"], h["batch_size"])
-  arrays = lambda ds: {k: v for k, v in lanes.table(ds).items()}  # noqa: E731
-  return fn(j.original, arrays(j.forget), arrays(j.train))
+  return fn(j.original, lanes.table(j.forget), lanes.table(j.train))
 
 
 def _reset_repair(j: _Job):

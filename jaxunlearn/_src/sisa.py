@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
-import functools
 import hashlib
 import json
 import os
@@ -201,7 +200,7 @@ class SISA:
     self.directory = os.path.abspath(directory)
     self.data = data
     self.init_fn, self.apply_fn, self.loss_fn, self.optimizer = init_fn, apply_fn, loss_fn, optimizer
-    stored = self._read_config()
+    stored = self._stored = self._read_config()
     if config is None:
       if stored is None:
         raise FileNotFoundError(f"{self.directory} is not a SISA directory (no config.json); train one first.")
@@ -212,7 +211,6 @@ class SISA:
     self.config = config
     if stored is not None and stored["data"] != _data_fingerprint(data):
       raise ValueError(f"the data differs from the data {self.directory} was trained on (fingerprint mismatch).")
-    self._positions = {int(i): p for p, i in enumerate(np.asarray(data.ids))}
     self._table = None
     self._template = None
 
@@ -258,9 +256,8 @@ class SISA:
   def strategy(self) -> str:
     if self.config.strategy != "auto":
       return self.config.strategy
-    stored = self._read_config()
-    if stored is not None:
-      return stored["resolved_strategy"]
+    if self._stored is not None:
+      return self._stored["resolved_strategy"]
     return "sequential" if jax.default_backend() == "cpu" else "vmap"
 
   # -- training machinery -------------------------------------------------------------------------
@@ -270,8 +267,8 @@ class SISA:
       self._template = {"params": p, "opt_state": self.optimizer.init(p)}
     return self._template
 
-  def _stage_ids(self, shard: int, stage: int, forgotten: set[int]) -> np.ndarray:
-    ids, sh, sl = self._plan_cache
+  def _stage_ids(self, plan_: tuple, shard: int, stage: int, forgotten: set[int]) -> np.ndarray:
+    ids, sh, sl = plan_
     chosen = ids[(sh == shard) & (sl <= stage)]
     if forgotten:
       chosen = chosen[~np.isin(chosen, np.fromiter(forgotten, np.int64, len(forgotten)))]
@@ -284,7 +281,7 @@ class SISA:
 
   def _stage_rows(self, shard: int, stage: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     c = self.config
-    positions = np.array([self._positions[int(i)] for i in ids], np.int64)
+    positions = self.data.positions(ids)
     seed = _stage_seed(c.seed, shard, stage)
     parts = [lanes.epoch_rows(positions, ids, batch_size=c.batch_size, seed=seed, epoch=e) for e in range(c.stage_epochs)]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -349,7 +346,7 @@ class SISA:
     """Trains the shards in ``starts`` from their start stage to the end; returns
     ``(stages {shard: [(name, digest)] for the retrained stages}, steps, final params {shard: tree})``."""
     c = self.config
-    self._plan_cache = self._plan()
+    plan_ = self._plan()
     template = self._state_template()
     states = {}
     for shard, start in starts.items():
@@ -367,7 +364,8 @@ class SISA:
     done = 0
     for stage in range(min(starts.values(), default=c.slices), c.slices):
       active = [k for k in starts if starts[k] <= stage]
-      keys = {k: self._stage_key(k, stage, self._stage_ids(k, stage, forgotten)) for k in active}
+      stage_ids = {k: self._stage_ids(plan_, k, stage, forgotten) for k in active}
+      keys = {k: self._stage_key(k, stage, stage_ids[k]) for k in active}
       todo = []
       for k in active:
         reused = self._reusable(k, keys[k]) if save else None
@@ -377,7 +375,7 @@ class SISA:
         else:
           todo.append(k)
       if todo:
-        steps += self._train_stage(todo, stage, forgotten, states, template)
+        steps += self._train_stage(todo, stage, {k: stage_ids[k] for k in todo}, states, template)
         for k in todo:
           stages[k].append((keys[k], self._save(k, keys[k], states[k]) if save else digest(states[k])))
       done += len(active)
@@ -385,9 +383,9 @@ class SISA:
         progress(f"stage {stage + 1}/{c.slices}", done, total)
     return stages, steps, {k: states[k]["params"] for k in starts}
 
-  def _train_stage(self, shards: list[int], stage: int, forgotten: set[int], states: dict, template) -> int:
+  def _train_stage(self, shards: list[int], stage: int, stage_ids: dict, states: dict, template) -> int:
     c = self.config
-    rows = {k: self._stage_rows(k, stage, self._stage_ids(k, stage, forgotten)) for k in shards}
+    rows = {k: self._stage_rows(k, stage, stage_ids[k]) for k in shards}
     if self.strategy == "vmap":
       # All S lanes, always: a shard's result must come from the same program whatever else runs.
       lane_states = [states.get(k, template) for k in range(c.shards)]
@@ -436,6 +434,7 @@ class SISA:
           "jax": jax.__version__,
       }
       _fsync_write(self._path("config.json"), json.dumps(config, indent=1))
+      self._stored = config
       t0 = time.perf_counter()
       stages, steps, final = self._run({k: 0 for k in range(c.shards)}, excluded, {}, progress, save=True)
       seconds = time.perf_counter() - t0
@@ -449,10 +448,9 @@ class SISA:
       self._sweep(manifest)
       return {"steps": steps, "seconds": seconds, "digests": [manifest["final"][str(k)] for k in range(c.shards)]}
 
-  @functools.cached_property
+  @property
   def _fingerprint(self) -> str:
-    stored = self._read_config()
-    return stored["data"] + json.dumps(stored["sisa"], sort_keys=True)
+    return self._stored["data"] + json.dumps(self._stored["sisa"], sort_keys=True)
 
   def forget(self, ids: Sequence[int], *, progress: Progress | None = None) -> dict:
     r"""Forgets ``ids`` exactly: retrains each affected shard from the checkpoint before its
@@ -486,12 +484,9 @@ class SISA:
         self._sweep(manifest)
         return {"noop": True, "ids": [int(i) for i in request], "already_forgotten": already,
                 "message": "every id was already forgotten; nothing to do."}
-      where = np.searchsorted(plan_ids, new) if np.all(np.diff(plan_ids) > 0) else None
-      if where is None:
-        order = {int(i): p for p, i in enumerate(plan_ids)}
-        where = np.array([order[int(i)] for i in new])
+      hit = np.isin(plan_ids, new)
       starts: dict[int, int] = {}
-      for s, r in zip(plan_shard[where], plan_slice[where]):
+      for s, r in zip(plan_shard[hit], plan_slice[hit]):
         starts[int(s)] = min(starts.get(int(s), 10**9), int(r))
       prior = {k: [tuple(x) for x in manifest["stages"][str(k)]] for k in starts}
       t0 = time.perf_counter()
@@ -584,7 +579,7 @@ class SISA:
     """Retrains from scratch every shard that lost ids (in a scratch run, nothing written) and
     compares its parameters' digest with the live model's. Returns ``{"shards": {k: bool}, "ok"}``."""
     manifest = self._read_manifest()
-    stored = self._read_config()
+    stored = self._stored
     if stored["backend"] != jax.default_backend() or stored["devices"] != jax.device_count():
       raise ValueError(
           f"exactness is per backend and device count: the directory was trained on {stored['backend']} with "
