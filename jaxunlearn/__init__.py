@@ -15,6 +15,7 @@ from jaxunlearn._src.ascent import GradientDifferenceState
 from jaxunlearn._src.ascent import gradient_ascent
 from jaxunlearn._src.ascent import gradient_difference
 from jaxunlearn._src.importance import fisher_diagonal
+from jaxunlearn._src.microbatch import microbatch_value_and_grad
 from jaxunlearn._src.noise import GaussianNoiseState
 from jaxunlearn._src.noise import gaussian_noise
 from jaxunlearn._src.noise import gaussian_sigma
@@ -43,6 +44,7 @@ __all__ = (
     "layer_reset",
     "losses",
     "metrics",
+    "microbatch_value_and_grad",
     "models",
     "sisa",
     "prune_smallest",

@@ -110,7 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_demo(args) -> int:
-  from rich.console import Console
   from rich.table import Table
 
   from jaxunlearn._src import demo
@@ -180,7 +179,6 @@ def _write_outputs(console, report: dict, args, plot_name: str) -> None:
 
 
 def _run_score(args) -> int:
-  from rich.console import Console
   from rich.table import Table
 
   from jaxunlearn._src import demo, score

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxunlearn import data, losses, models, training
+from jaxunlearn import losses, models, training
 from jaxunlearn._src import lanes
 
 

@@ -1,7 +1,6 @@
 """The NeurIPS score command and relearn time."""
 
 import jax
-import numpy as np
 import optax
 import pytest
 

@@ -120,3 +120,16 @@ def resolve_mask(mask: Mask, params: Params) -> Any:
     paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     raise ValueError(f"mask {mask!r} matches no parameter; parameter paths are {paths}.")
   return resolved
+
+
+def example_count(tree: Any, *, name: str) -> int:
+  """The common leading (example) axis size of every array in ``tree``; a clear error otherwise."""
+  leaves = jax.tree_util.tree_leaves(tree)
+  if not leaves:
+    raise ValueError(f"{name} must be a pytree with at least one array.")
+  sizes = {int(np.shape(x)[0]) if np.ndim(x) else -1 for x in leaves}
+  if len(sizes) != 1 or -1 in sizes:
+    raise ValueError(
+        f"every array in {name} needs the same leading example axis; got leading sizes {sorted(sizes)}."
+    )
+  return sizes.pop()

@@ -18,6 +18,7 @@ from jaxunlearn._src import training
 from jaxunlearn._src.ascent import gradient_ascent, gradient_difference
 from jaxunlearn._src.base import LossFn, Mask, Params, PRNGKey
 from jaxunlearn._src.importance import fisher_diagonal
+from jaxunlearn._src.microbatch import microbatch_value_and_grad
 from jaxunlearn._src.reset import reset_params
 from jaxunlearn._src.ssd import ssd_dampen
 
@@ -48,13 +49,20 @@ def _ascent_chain(optimizer) -> optax.GradientTransformationExtraArgs:
 
 
 @functools.lru_cache(maxsize=32)
-def _graddiff_step(loss_fn: LossFn, optimizer, forget_weight: float, retain_weight: float):
+def _graddiff_step(
+    loss_fn: LossFn, optimizer, forget_weight: float, retain_weight: float, micro_batch: int | None = None
+):
   tx = optax.chain(gradient_difference(forget_weight, retain_weight), optimizer)
+  if micro_batch is None:
+    grad = jax.grad(loss_fn)
+  else:
+    value_and_grad = microbatch_value_and_grad(loss_fn, micro_batch)
+    grad = lambda p, b: value_and_grad(p, b)[1]  # noqa: E731
 
   @jax.jit
   def step(params, state, forget_batch, retain_batch):
-    forget_grads = jax.grad(loss_fn)(params, forget_batch)
-    retain_grads = jax.grad(loss_fn)(params, retain_batch)
+    forget_grads = grad(params, forget_batch)
+    retain_grads = grad(params, retain_batch)
     updates, state = tx.update(forget_grads, state, params, retain_grads=retain_grads)
     return optax.apply_updates(params, updates), state
 
@@ -73,13 +81,18 @@ def graddiff(
     seed: int,
     forget_weight: float = 1.0,
     retain_weight: float = 1.0,
+    micro_batch: int | None = None,
 ) -> Params:
   """Gradient difference: each step pairs a retain batch with the next (cycled) forget batch.
 
   One epoch is one pass over the retain set; the update is ``optimizer`` applied to
-  ``retain_weight * g_retain - forget_weight * g_forget``.
+  ``retain_weight * g_retain - forget_weight * g_forget``. With ``micro_batch``, both gradients
+  are computed in micro-batches (``microbatch_value_and_grad``).
   """
-  tx, step = _graddiff_step(loss_fn, optimizer, float(forget_weight), float(retain_weight))
+  if micro_batch is not None:
+    microbatch_value_and_grad(loss_fn, micro_batch)  # validates micro_batch
+    micro_batch = int(micro_batch)
+  tx, step = _graddiff_step(loss_fn, optimizer, float(forget_weight), float(retain_weight), micro_batch)
   state = tx.init(params)
   forget_size = min(batch_size, len(forget))
   forget_stream = itertools.chain.from_iterable(

@@ -11,13 +11,17 @@ import optax
 
 from jaxunlearn._src import data as data_lib
 from jaxunlearn._src.base import ApplyFn, LossFn, Params
+from jaxunlearn._src.microbatch import microbatch_value_and_grad
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
+def _compiled_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, micro_batch: int | None = None):
+  value_and_grad = jax.value_and_grad(loss_fn) if micro_batch is None else microbatch_value_and_grad(
+      loss_fn, micro_batch)
+
   @jax.jit
   def step(params, opt_state, batch):
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    loss, grads = value_and_grad(params, batch)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
@@ -33,6 +37,7 @@ def fit(
     epochs: int,
     batch_size: int,
     seed: int,
+    micro_batch: int | None = None,
 ) -> Params:
   """Trains ``params`` by minimising ``loss_fn`` over ``epochs`` passes of ``ds``.
 
@@ -49,6 +54,9 @@ def fit(
     epochs: passes over the data (>= 0).
     batch_size: examples per step.
     seed: shuffle seed.
+    micro_batch: if set, each step's gradient is computed in micro-batches of this many examples
+      (``jaxunlearn.microbatch_value_and_grad``): the same steps up to float rounding, less
+      memory; faster for convolutional networks on CPU.
 
   Returns:
     The trained parameters.
@@ -65,7 +73,10 @@ def fit(
   """
   if epochs < 0:
     raise ValueError(f"epochs must be >= 0, got {epochs}.")
-  step = _compiled_step(loss_fn, optimizer)
+  if micro_batch is not None:
+    microbatch_value_and_grad(loss_fn, micro_batch)  # validates micro_batch
+    micro_batch = int(micro_batch)
+  step = _compiled_step(loss_fn, optimizer, micro_batch)
   opt_state = optimizer.init(params)
   for epoch in range(epochs):
     for batch in data_lib.batches(ds, batch_size, seed=seed, epoch=epoch):
