@@ -41,11 +41,44 @@ def test_flax_mlp_is_fully_decomposed(chunk):
   _check(loss, params, chunk)
 
 
-def test_cnn_decomposes_dense_layers_and_falls_back_for_convolutions(chunk):
+def test_cnn_is_fully_decomposed(chunk):
+  # Convolutions are matmuls over patches: kernels and biases applied to many rows per example.
   apply, params = models.create("cnn", (8, 8, 1), 10, key=jax.random.key(1))
   loss = losses.cross_entropy_loss(apply)
-  assert fastfisher.decomposed_leaves(loss, params, chunk) == ["fc/bias", "fc/kernel", "head/bias", "head/kernel"]
+  assert fastfisher.decomposed_leaves(loss, params, chunk) == [
+      "convs/0/bias", "convs/0/kernel", "convs/1/bias", "convs/1/kernel", "fc/bias", "fc/kernel", "head/bias",
+      "head/kernel"]
   _check(loss, params, chunk)
+
+
+def _token_model():
+  # A dense layer over tokens [B, T, D] (a sequence axis), mean-pooled, then a head.
+  k = jax.random.split(jax.random.key(5), 3)
+  params = {"embed": jax.random.normal(k[0], (16, 12)) * 0.3, "w": jax.random.normal(k[1], (12, 20)) * 0.3,
+            "b": jnp.full(20, 0.05), "head": jax.random.normal(k[2], (20, 10)) * 0.3}
+
+  def loss(p, b):
+    tokens = b["x"].reshape(b["x"].shape[0], 4, 16)  # 4 tokens of 16 features per example
+    h = jnp.tanh(jnp.tanh(tokens @ p["embed"]) @ p["w"] + p["b"][None, None, :])
+    logits = jnp.mean(h, axis=1) @ p["head"]
+    return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, b["y"][:, None], -1)[:, 0])
+
+  return loss, params
+
+
+def test_dense_layers_over_a_sequence_axis(chunk):
+  loss, params = _token_model()
+  assert fastfisher.decomposed_leaves(loss, params, chunk) == ["b", "embed", "head", "w"]
+  _check(loss, params, chunk)
+
+
+def test_wide_row_layers_are_grouped_to_bound_memory(chunk, monkeypatch):
+  # With the limit at 500 floats the 16 x 12 and 12 x 20 kernels go two examples at a time (23
+  # examples: the last group is padded with a zero example), with 200 one example at a time.
+  loss, params = _token_model()
+  for limit in (500, 200):
+    monkeypatch.setattr(fastfisher, "_ROWS_LIMIT", limit)
+    _check(loss, params, {k: v[:23] for k, v in chunk.items()})
 
 
 def test_plain_jax_loss_with_penalty_tied_weights_and_no_bias(chunk):

@@ -9,16 +9,22 @@ per-example gradient is :math:`\nabla_W \ell_i = a_i^\top \delta_i` with :math:`
 
 one matrix product over the batch, the cost of one backward pass (Goodfellow, 2015).
 
+A kernel applied to several rows per example (tokens of a sequence, or the patches of a
+convolution written as a matmul, like the reference CNN's) has per-example gradient
+:math:`a_i^\top \delta_i` summed over example :math:`i`'s rows; these are formed from the same
+backward pass by one batched product (in groups of examples that bound memory) and squared, and a
+bias added to such rows has per-example gradient :math:`\sum_{\text{rows}} \delta_i`.
+
 This works on the *traced program* of any ``loss_fn``: the per-example losses
 ``vmap(lambda e: loss_fn(params, e[None]))`` are traced to a jaxpr (inlining nested ``jit`` calls),
-and every parameter leaf whose only use is as the right operand of a row-wise ``dot_general``
-(a dense kernel) or, through broadcasts and reshapes, as an addend of such a layer's output (a
-bias) is handled by the identity above. The cotangents :math:`\delta` come from one ``grad`` of the
-summed per-example losses with respect to zero perturbations added to those outputs (exact: each
-example's loss depends only on its own rows). A site counts only if tracing again with one more
-example grows exactly its leading axis (that axis is the example axis). Every other leaf (convolutions, normalisation
-scales, tied weights, weights in a penalty term) falls back to ``vmap(grad)`` restricted to those
-leaves.
+and every parameter leaf whose only use is as the right operand of a ``dot_general`` contracting
+the last axis of ``[examples, *rows, features]`` (a kernel, possibly reshaped first) or, through
+broadcasts and reshapes, as an addend of such a layer's output (a bias) is handled as above. The
+cotangents :math:`\delta` come from one ``grad`` of the summed per-example losses with respect to
+zero perturbations added to those outputs (exact: each example's loss depends only on its own
+rows). A site counts only if tracing again with one more example grows exactly its leading axis
+(that axis is the example axis). Every other leaf (``lax.conv`` kernels, normalisation scales,
+tied weights, weights in a penalty term) falls back to ``vmap(grad)`` restricted to those leaves.
 """
 
 from __future__ import annotations
@@ -107,8 +113,31 @@ def _row_shape_ok(shape, batch: int, last: int) -> bool:
   return len(shape) >= 2 and shape[0] == batch and shape[-1] == last and all(d == 1 for d in shape[1:-1])
 
 
+def _example_shape_ok(shape, batch: int, last: int) -> bool:
+  # [B, *positions, last]: any number of rows (positions, tokens, pixels) per example.
+  return len(shape) >= 2 and shape[0] == batch and shape[-1] == last
+
+
+def _follow(eqns: list[_Eqn], i: int, pos: int, uses, aliases) -> tuple[_Eqn, int, int]:
+  """Follows single-use alias equations (and same-dtype converts) from use ``(i, pos)``."""
+  e = eqns[i]
+  while e.primitive.name in aliases or (
+      e.primitive.name == "convert_element_type" and e.out_avals[0].dtype == e.in_avals[0].dtype):
+    nxt = uses.get(e.outs[0], [])
+    if len(nxt) != 1:
+      break
+    i, pos = nxt[0]
+    e = eqns[i]
+  return e, i, pos
+
+
 def _analyse(eqns: list[_Eqn], param_tokens: list[int], batch: int):
-  """Finds decomposable leaves: {leaf index: ("dense", eqn index) | ("bias", eqn index)}."""
+  """Finds decomposable leaves: {leaf index: (kind, eqn index)}.
+
+  Kinds: ``"dense"`` (a kernel applied to one row per example), ``"rows"`` (a kernel applied to
+  several rows per example: tokens, pixels, patches), ``"bias"`` (added to one row per example),
+  ``"rows_bias"`` (added to several rows per example).
+  """
   uses: dict[int, list[tuple[int, int]]] = {}
   for i, e in enumerate(eqns):
     for pos, t in enumerate(e.ins):
@@ -120,29 +149,26 @@ def _analyse(eqns: list[_Eqn], param_tokens: list[int], batch: int):
     if len(u) != 1:
       continue
     i, pos = u[0]
-    e = eqns[i]
-    name = e.primitive.name
-    if name == "dot_general" and pos == 1:
+    first = eqns[i]
+    # A kernel may be reshaped first (a convolution kernel flattened to [window * C_in, C_out]).
+    e, j, jpos = _follow(eqns, i, pos, uses, {"reshape"})
+    if e.primitive.name == "dot_general" and jpos == 1:
       (lc, rc), (lb, rb) = e.params["dimension_numbers"]
       lhs, rhs = e.in_avals
+      out = e.out_avals[0].shape
       if (len(rhs.shape) == 2 and tuple(rc) == (0,) and not lb and not rb and tuple(lc) == (len(lhs.shape) - 1,)
-          and _row_shape_ok(lhs.shape, batch, rhs.shape[0]) and _row_shape_ok(e.out_avals[0].shape, batch, rhs.shape[1])):
-        found[k] = ("dense", i)
+          and _example_shape_ok(lhs.shape, batch, rhs.shape[0])
+          and tuple(out) == tuple(lhs.shape[:-1]) + (rhs.shape[1],)):
+        found[k] = ("dense" if _row_shape_ok(lhs.shape, batch, rhs.shape[0]) else "rows", j)
       continue
-    if len(e.in_avals[pos].shape) != 1:
+    if len(first.in_avals[pos].shape) != 1:
       continue
-    size = e.in_avals[pos].shape[0]
-    # Follow single-use broadcast/reshape aliases to one add.
-    while e.primitive.name in _ALIAS or (
-        e.primitive.name == "convert_element_type" and e.out_avals[0].dtype == e.in_avals[0].dtype):
-      nxt = uses.get(e.outs[0], [])
-      if len(nxt) != 1:
-        break
-      i, pos = nxt[0]
-      e = eqns[i]
-    if e.primitive.name in ("add", "add_any") and _row_shape_ok(e.out_avals[0].shape, batch, size) and \
-        tuple(e.in_avals[1 - pos].shape) == tuple(e.out_avals[0].shape):
-      found[k] = ("bias", i)
+    size = first.in_avals[pos].shape[0]
+    # A bias: followed through single-use broadcasts and reshapes to one add.
+    e, j, jpos = _follow(eqns, i, pos, uses, _ALIAS)
+    if e.primitive.name in ("add", "add_any") and _example_shape_ok(e.out_avals[0].shape, batch, size) and \
+        tuple(e.in_avals[1 - jpos].shape) == tuple(e.out_avals[0].shape):
+      found[k] = ("bias" if _row_shape_ok(e.out_avals[0].shape, batch, size) else "rows_bias", j)
   return found
 
 
@@ -187,6 +213,29 @@ def _evaluate(eqns, in_tokens, const_tokens, out_tokens, args, perturb: dict[int
   return [read(t) for t in out_tokens], recorded
 
 
+_ROWS_LIMIT = 1 << 24  # per-example kernel gradients held at once (floats)
+
+
+def _rows_kernel_squares(a: jax.Array, d: jax.Array) -> jax.Array:
+  r""":math:`\sum_i (a_i^\top \delta_i)^{\circ 2}` for ``a`` ``[B, P, K]``, ``d`` ``[B, P, N]``.
+
+  Per-example kernel gradients are formed in groups of at most ``_ROWS_LIMIT / (K N)`` examples,
+  so memory stays bounded for wide layers."""
+  b, _, k = a.shape
+  n = d.shape[-1]
+  group = max(1, min(b, _ROWS_LIMIT // max(1, k * n)))
+  if group == b:
+    return jnp.sum(jnp.square(jnp.einsum("bpk,bpn->bkn", a, d)), axis=0)
+  pad = (-b) % group  # zero rows add zero gradients
+  a = jnp.pad(a, ((0, pad), (0, 0), (0, 0))).reshape((-1, group) + a.shape[1:])
+  d = jnp.pad(d, ((0, pad), (0, 0), (0, 0))).reshape((-1, group) + d.shape[1:])
+
+  def body(acc, ad):
+    return acc + jnp.sum(jnp.square(jnp.einsum("bpk,bpn->bkn", ad[0], ad[1])), axis=0), None
+
+  return jax.lax.scan(body, jnp.zeros((k, n), jnp.float32), (a, d))[0]
+
+
 def squared_grad_sum(loss_fn, params, chunk) -> Any:
   """:math:`\\sum_i (\\partial \\ell(\\theta; z_i) / \\partial \\theta)^2` over the examples of
   ``chunk`` (leading axis), float32, shaped like ``params``; ``loss_fn`` is called per example on
@@ -209,7 +258,7 @@ def squared_grad_sum(loss_fn, params, chunk) -> Any:
   out = [None] * len(flat_p)
   if found:
     sites = {i: jnp.zeros(eqns[i].out_avals[0].shape, eqns[i].out_avals[0].dtype) for _, i in found.values()}
-    dense_sites = {i for kind, i in found.values() if kind == "dense"}
+    dense_sites = {i for kind, i in found.values() if kind in ("dense", "rows")}
 
     def perturbed(eps):
       (loss,), acts = _evaluate(eqns, in_tokens, const_tokens, out_tokens, flat_p + flat_c, eps, dense_sites)
@@ -217,12 +266,19 @@ def squared_grad_sum(loss_fn, params, chunk) -> Any:
 
     deltas, acts = jax.grad(perturbed, has_aux=True)(sites)
     for k, (kind, i) in found.items():
-      d2 = jnp.square(deltas[i].reshape(batch, -1).astype(jnp.float32))
+      n_out = eqns[i].out_avals[0].shape[-1]
       if kind == "dense":
+        d2 = jnp.square(deltas[i].reshape(batch, -1).astype(jnp.float32))
         a2 = jnp.square(acts[i].reshape(batch, -1).astype(jnp.float32))
         out[k] = a2.T @ d2
-      else:
-        out[k] = jnp.sum(d2, axis=0)
+      elif kind == "bias":
+        out[k] = jnp.sum(jnp.square(deltas[i].reshape(batch, -1).astype(jnp.float32)), axis=0)
+      elif kind == "rows":
+        a = acts[i].reshape(batch, -1, acts[i].shape[-1]).astype(jnp.float32)
+        out[k] = _rows_kernel_squares(a, deltas[i].reshape(batch, -1, n_out).astype(jnp.float32))
+      else:  # rows_bias: example i's gradient is the sum of its rows' cotangents
+        per_example = jnp.sum(deltas[i].reshape(batch, -1, n_out).astype(jnp.float32), axis=1)
+        out[k] = jnp.sum(jnp.square(per_example), axis=0)
   rest = [k for k in range(len(flat_p)) if k not in found]
   if rest:
     def rest_loss(sub, example):

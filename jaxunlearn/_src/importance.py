@@ -144,7 +144,9 @@ def fisher_diagonal(
     method: how per-example squares are formed. ``"decompose"`` (default) works on the traced
       program of ``loss_fn``: for every dense kernel and bias the sum of squared per-example
       gradients is :math:`(a^{\circ 2})^\top(\delta^{\circ 2})` (inputs and output cotangents of
-      the layer, one backward pass, no per-example gradient materialised); other leaves use
+      the layer, one backward pass, no per-example gradient materialised); kernels applied to
+      several rows per example (sequence layers, convolutions written as matmuls) get their
+      per-example gradients :math:`a_i^\top\delta_i` from the same pass; other leaves use
       ``vmap(grad)``. ``"vmap"``: ``vmap(grad)`` for every leaf. Both give the same numbers up
       to float rounding. Ignored when ``per_example=False``.
     micro_batch: with ``per_example=False`` only: compute each minibatch's gradient in
