@@ -11,7 +11,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxunlearn._src import fastfisher
-from jaxunlearn._src.microbatch import microbatch_value_and_grad
+from jaxunlearn._src.microbatch import batch_grad, check_micro_batch
 from jaxunlearn._src.base import LossFn, Params, example_count
 
 
@@ -60,14 +60,10 @@ def _fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, unroll
     def chunk_stat(acc, chunk):
       return _add_sq(acc, per_example_grads(params, chunk), axis=0)
   else:
-    if micro_batch is None:
-      batch_grad = jax.grad(loss_fn)
-    else:
-      batch_value_and_grad = microbatch_value_and_grad(loss_fn, micro_batch)
-      batch_grad = lambda p, b: batch_value_and_grad(p, b)[1]  # noqa: E731
+    grad = batch_grad(loss_fn, micro_batch)
 
     def chunk_stat(acc, chunk):
-      return _add_sq(acc, batch_grad(params, chunk), axis=None)
+      return _add_sq(acc, grad(params, chunk), axis=None)
 
   if rem:
     # Slicing an explicitly sharded axis unevenly is not allowed: gather such data first.
@@ -176,8 +172,7 @@ def fisher_diagonal(
     if per_example:
       raise ValueError("micro_batch applies to per_example=False; with per_example=True lower batch_size "
                        "instead (it only bounds how many per-example gradients exist at once).")
-    microbatch_value_and_grad(loss_fn, micro_batch)  # validates micro_batch
-    micro_batch = int(micro_batch)
+    micro_batch = check_micro_batch(micro_batch)
   return _fisher(
       loss_fn,
       params,

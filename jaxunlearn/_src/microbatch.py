@@ -16,6 +16,21 @@ def _mask_of(batch: Any) -> jax.Array | None:
   return batch.get("mask") if isinstance(batch, Mapping) else None
 
 
+def check_micro_batch(micro_batch: Any) -> int:
+  """``micro_batch`` as an int; a ValueError naming it unless it is a positive integer."""
+  if isinstance(micro_batch, bool) or not isinstance(micro_batch, (int, np.integer)) or micro_batch <= 0:
+    raise ValueError(f"micro_batch must be a positive integer, got {micro_batch!r}.")
+  return int(micro_batch)
+
+
+def batch_grad(loss_fn: LossFn, micro_batch: int | None) -> Callable[[Params, Batch], Params]:
+  """``jax.grad(loss_fn)``, micro-batched when ``micro_batch`` is set."""
+  if micro_batch is None:
+    return jax.grad(loss_fn)
+  value_and_grad = microbatch_value_and_grad(loss_fn, micro_batch)
+  return lambda params, batch: value_and_grad(params, batch)[1]
+
+
 def microbatch_value_and_grad(
     loss_fn: LossFn, micro_batch: int, *, unroll: int | bool = 1
 ) -> Callable[[Params, Batch], tuple[jax.Array, Params]]:
@@ -62,9 +77,7 @@ def microbatch_value_and_grad(
     >>> bool(jnp.allclose(value, ref_value)), bool(jnp.allclose(grad, ref_grad))
     (True, True)
   """
-  if isinstance(micro_batch, bool) or not isinstance(micro_batch, (int, np.integer)) or micro_batch <= 0:
-    raise ValueError(f"micro_batch must be a positive integer, got {micro_batch!r}.")
-  micro_batch = int(micro_batch)
+  micro_batch = check_micro_batch(micro_batch)
   value_and_grad = jax.value_and_grad(loss_fn)
 
   def fn(params: Params, batch: Batch) -> tuple[jax.Array, Params]:

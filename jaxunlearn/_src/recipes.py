@@ -18,7 +18,7 @@ from jaxunlearn._src import training
 from jaxunlearn._src.ascent import gradient_ascent, gradient_difference
 from jaxunlearn._src.base import LossFn, Mask, Params, PRNGKey
 from jaxunlearn._src.importance import fisher_diagonal
-from jaxunlearn._src.microbatch import microbatch_value_and_grad
+from jaxunlearn._src.microbatch import batch_grad, check_micro_batch
 from jaxunlearn._src.reset import reset_params
 from jaxunlearn._src.ssd import ssd_dampen
 
@@ -53,11 +53,7 @@ def _graddiff_step(
     loss_fn: LossFn, optimizer, forget_weight: float, retain_weight: float, micro_batch: int | None = None
 ):
   tx = optax.chain(gradient_difference(forget_weight, retain_weight), optimizer)
-  if micro_batch is None:
-    grad = jax.grad(loss_fn)
-  else:
-    value_and_grad = microbatch_value_and_grad(loss_fn, micro_batch)
-    grad = lambda p, b: value_and_grad(p, b)[1]  # noqa: E731
+  grad = batch_grad(loss_fn, micro_batch)
 
   @jax.jit
   def step(params, state, forget_batch, retain_batch):
@@ -89,9 +85,7 @@ def graddiff(
   ``retain_weight * g_retain - forget_weight * g_forget``. With ``micro_batch``, both gradients
   are computed in micro-batches (``microbatch_value_and_grad``).
   """
-  if micro_batch is not None:
-    microbatch_value_and_grad(loss_fn, micro_batch)  # validates micro_batch
-    micro_batch = int(micro_batch)
+  micro_batch = None if micro_batch is None else check_micro_batch(micro_batch)
   tx, step = _graddiff_step(loss_fn, optimizer, float(forget_weight), float(retain_weight), micro_batch)
   state = tx.init(params)
   forget_size = min(batch_size, len(forget))

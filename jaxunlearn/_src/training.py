@@ -11,7 +11,7 @@ import optax
 
 from jaxunlearn._src import data as data_lib
 from jaxunlearn._src.base import ApplyFn, LossFn, Params
-from jaxunlearn._src.microbatch import microbatch_value_and_grad
+from jaxunlearn._src.microbatch import check_micro_batch, microbatch_value_and_grad
 
 
 @functools.lru_cache(maxsize=64)
@@ -73,9 +73,7 @@ def fit(
   """
   if epochs < 0:
     raise ValueError(f"epochs must be >= 0, got {epochs}.")
-  if micro_batch is not None:
-    microbatch_value_and_grad(loss_fn, micro_batch)  # validates micro_batch
-    micro_batch = int(micro_batch)
+  micro_batch = None if micro_batch is None else check_micro_batch(micro_batch)
   step = _compiled_step(loss_fn, optimizer, micro_batch)
   opt_state = optimizer.init(params)
   for epoch in range(epochs):
