@@ -21,11 +21,15 @@ def _explicit(loss_fn, params, chunk):
   return total
 
 
-def _check(loss_fn, params, chunk, rtol=2e-5):
+def _check(loss_fn, params, chunk, rtol=2e-5, global_atol=False):
+  """``global_atol``: absolute tolerance from the largest square over all leaves (for leaves whose
+  true gradient is zero, like an attention key bias, whose squares are rounding noise)."""
   got = jax.jit(lambda p, c: fastfisher.squared_grad_sum(loss_fn, p, c))(params, chunk)
   want = _explicit(loss_fn, params, chunk)
+  top = max(float(np.max(w)) for w in jax.tree.leaves(want))
   for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
-    np.testing.assert_allclose(np.asarray(g, np.float64), w, rtol=rtol, atol=1e-7 * np.max(w), err_msg=str(path))
+    atol = 1e-7 * (top if global_atol else np.max(w))
+    np.testing.assert_allclose(np.asarray(g, np.float64), w, rtol=rtol, atol=atol, err_msg=str(path))
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +83,52 @@ def test_wide_row_layers_are_grouped_to_bound_memory(chunk, monkeypatch):
   for limit in (500, 200):
     monkeypatch.setattr(fastfisher, "_ROWS_LIMIT", limit)
     _check(loss, params, {k: v[:23] for k, v in chunk.items()})
+
+
+def test_attention_block_is_decomposed_but_for_the_norm_scale(chunk):
+  from flax import nnx
+
+  class Block(nnx.Module):
+    def __init__(self, rngs):
+      self.embed = nnx.Linear(16, 12, rngs=rngs)
+      self.attn = nnx.MultiHeadAttention(num_heads=2, in_features=12, qkv_features=8, out_features=12,
+                                         decode=False, rngs=rngs)
+      self.norm = nnx.LayerNorm(12, rngs=rngs)
+      self.head = nnx.Linear(12, 10, rngs=rngs)
+
+    def __call__(self, x):
+      t = self.embed(x.reshape(x.shape[0], 4, 16))
+      return self.head(jnp.mean(self.norm(t + self.attn(t)), axis=1))
+
+  apply, params = models.functional(Block(nnx.Rngs(0)))
+  loss = losses.cross_entropy_loss(apply)
+  # Query/key/value kernels are [features, heads, head_dim], the output kernel [heads, head_dim, out].
+  assert fastfisher.decomposed_leaves(loss, params, chunk) == [
+      "attn/key/bias", "attn/key/kernel", "attn/out/bias", "attn/out/kernel", "attn/query/bias",
+      "attn/query/kernel", "attn/value/bias", "attn/value/kernel", "embed/bias", "embed/kernel", "head/bias",
+      "head/kernel", "norm/bias"]
+  _check(loss, params, chunk, global_atol=True)
+
+
+def test_a_bias_broadcast_over_channels_first_is_not_taken_for_a_trailing_one(chunk):
+  # [B, C, W] with C == W == 8: the bias added along the channel axis (not the trailing one) must
+  # fall back to vmap(grad); the same bias on the trailing axis is decomposed.
+  k = jax.random.split(jax.random.key(6), 2)
+  params = {"w": jax.random.normal(k[0], (8, 8)) * 0.3, "b": jnp.linspace(-0.5, 0.5, 8),
+            "head": jax.random.normal(k[1], (64, 10)) * 0.1}
+
+  def make(trailing):
+    def loss(p, b):
+      h = b["x"].reshape(b["x"].shape[0], 8, 8) @ p["w"]
+      h = jnp.tanh(h + (p["b"][None, None, :] if trailing else p["b"][None, :, None]))
+      logits = h.reshape(h.shape[0], -1) @ p["head"]
+      return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, b["y"][:, None], -1)[:, 0])
+    return loss
+
+  assert fastfisher.decomposed_leaves(make(False), params, chunk) == ["head", "w"]
+  assert fastfisher.decomposed_leaves(make(True), params, chunk) == ["b", "head", "w"]
+  _check(make(False), params, chunk)
+  _check(make(True), params, chunk)
 
 
 def test_plain_jax_loss_with_penalty_tied_weights_and_no_bias(chunk):

@@ -18,8 +18,10 @@ bias added to such rows has per-example gradient :math:`\sum_{\text{rows}} \delt
 This works on the *traced program* of any ``loss_fn``: the per-example losses
 ``vmap(lambda e: loss_fn(params, e[None]))`` are traced to a jaxpr (inlining nested ``jit`` calls),
 and every parameter leaf whose only use is as the right operand of a ``dot_general`` contracting
-the last axis of ``[examples, *rows, features]`` (a kernel, possibly reshaped first) or, through
-broadcasts and reshapes, as an addend of such a layer's output (a bias) is handled as above. The
+its leading axes with the trailing axes of ``[examples, *rows, *features]`` (a kernel of any rank,
+possibly reshaped first: dense layers, attention projections, convolutions as matmuls) or, through
+reshapes and broadcasts that keep it on the trailing axes, as an addend of such an array (a bias)
+is handled as above. The
 cotangents :math:`\delta` come from one ``grad`` of the summed per-example losses with respect to
 zero perturbations added to those outputs (exact: each example's loss depends only on its own
 rows). A site counts only if tracing again with one more example grows exactly its leading axis
@@ -30,6 +32,7 @@ tied weights, weights in a penalty term) falls back to ``vmap(grad)`` restricted
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -108,35 +111,55 @@ def _flatten(closed) -> tuple[list[_Eqn], list[int], list[tuple[int, Any]], list
   return eqns, in_tokens, const_tokens, out_tokens
 
 
-def _row_shape_ok(shape, batch: int, last: int) -> bool:
-  # [B, 1, ..., 1, last]: one row per example.
-  return len(shape) >= 2 and shape[0] == batch and shape[-1] == last and all(d == 1 for d in shape[1:-1])
+def _strip_ones(shape) -> tuple[int, ...]:
+  shape = tuple(shape)
+  while shape and shape[0] == 1:
+    shape = shape[1:]
+  return shape
 
 
-def _example_shape_ok(shape, batch: int, last: int) -> bool:
-  # [B, *positions, last]: any number of rows (positions, tokens, pixels) per example.
-  return len(shape) >= 2 and shape[0] == batch and shape[-1] == last
+def _follow(eqns: list[_Eqn], i: int, pos: int, uses, aliases) -> tuple[_Eqn, int, int, list[_Eqn]]:
+  """Follows single-use alias equations (and same-dtype converts) from use ``(i, pos)``.
 
-
-def _follow(eqns: list[_Eqn], i: int, pos: int, uses, aliases) -> tuple[_Eqn, int, int]:
-  """Follows single-use alias equations (and same-dtype converts) from use ``(i, pos)``."""
-  e = eqns[i]
+  Returns the first other equation, its index, the operand position there, and the aliases passed.
+  """
+  e, chain = eqns[i], []
   while e.primitive.name in aliases or (
       e.primitive.name == "convert_element_type" and e.out_avals[0].dtype == e.in_avals[0].dtype):
     nxt = uses.get(e.outs[0], [])
     if len(nxt) != 1:
       break
+    chain.append(e)
     i, pos = nxt[0]
     e = eqns[i]
-  return e, i, pos
+  return e, i, pos, chain
+
+
+def _keeps_trailing(chain: list[_Eqn]) -> bool:
+  """Whether every alias step keeps the array's elements, in order, on the trailing axes: reshapes
+  that only add or drop leading 1s, broadcasts that align the operand to the right."""
+  for e in chain:
+    s_in, s_out = tuple(e.in_avals[0].shape), tuple(e.out_avals[0].shape)
+    core = _strip_ones(s_in)
+    if e.primitive.name == "reshape":
+      if _strip_ones(s_out) != core:
+        return False
+    elif e.primitive.name == "broadcast_in_dim":
+      dims, k, n = e.params["broadcast_dimensions"], len(s_in), len(s_out)
+      if any(dims[j] != n - k + j or s_out[dims[j]] != s_in[j] for j in range(k - len(core), k)):
+        return False
+    elif e.primitive.name != "convert_element_type":
+      return False
+  return True
 
 
 def _analyse(eqns: list[_Eqn], param_tokens: list[int], batch: int):
-  """Finds decomposable leaves: {leaf index: (kind, eqn index)}.
+  """Finds decomposable leaves: {leaf index: (kind, eqn index, K, N)}.
 
   Kinds: ``"dense"`` (a kernel applied to one row per example), ``"rows"`` (a kernel applied to
   several rows per example: tokens, pixels, patches), ``"bias"`` (added to one row per example),
-  ``"rows_bias"`` (added to several rows per example).
+  ``"rows_bias"`` (added to several rows per example). A kernel's contracted axes hold ``K``
+  elements and its free axes ``N``; a bias has ``K = 1`` and ``N`` elements.
   """
   uses: dict[int, list[tuple[int, int]]] = {}
   for i, e in enumerate(eqns):
@@ -149,26 +172,30 @@ def _analyse(eqns: list[_Eqn], param_tokens: list[int], batch: int):
     if len(u) != 1:
       continue
     i, pos = u[0]
-    first = eqns[i]
-    # A kernel may be reshaped first (a convolution kernel flattened to [window * C_in, C_out]).
-    e, j, jpos = _follow(eqns, i, pos, uses, {"reshape"})
+    # A kernel, possibly reshaped first (a convolution kernel flattened to [window * C_in, C_out]),
+    # contracting its leading axes with the trailing axes of [examples, *rows, *features].
+    e, j, jpos, _ = _follow(eqns, i, pos, uses, {"reshape"})
     if e.primitive.name == "dot_general" and jpos == 1:
       (lc, rc), (lb, rb) = e.params["dimension_numbers"]
-      lhs, rhs = e.in_avals
-      out = e.out_avals[0].shape
-      if (len(rhs.shape) == 2 and tuple(rc) == (0,) and not lb and not rb and tuple(lc) == (len(lhs.shape) - 1,)
-          and _example_shape_ok(lhs.shape, batch, rhs.shape[0])
-          and tuple(out) == tuple(lhs.shape[:-1]) + (rhs.shape[1],)):
-        found[k] = ("dense" if _row_shape_ok(lhs.shape, batch, rhs.shape[0]) else "rows", j)
+      lhs, rhs = (tuple(a.shape) for a in e.in_avals)
+      c, free = len(rc), len(lhs) - len(rc)
+      if (not lb and not rb and c >= 1 and free >= 1 and tuple(rc) == tuple(range(c))
+          and tuple(lc) == tuple(range(free, len(lhs))) and lhs[free:] == rhs[:c] and lhs[0] == batch
+          and tuple(e.out_avals[0].shape) == lhs[:free] + rhs[c:]):
+        kind = "dense" if all(d == 1 for d in lhs[1:free]) else "rows"
+        found[k] = (kind, j, math.prod(rhs[:c]), math.prod(rhs[c:]))
       continue
-    if len(first.in_avals[pos].shape) != 1:
-      continue
-    size = first.in_avals[pos].shape[0]
-    # A bias: followed through single-use broadcasts and reshapes to one add.
-    e, j, jpos = _follow(eqns, i, pos, uses, _ALIAS)
-    if e.primitive.name in ("add", "add_any") and _example_shape_ok(e.out_avals[0].shape, batch, size) and \
-        tuple(e.in_avals[1 - jpos].shape) == tuple(e.out_avals[0].shape):
-      found[k] = ("bias" if _row_shape_ok(e.out_avals[0].shape, batch, size) else "rows_bias", j)
+    # A bias: followed through single-use broadcasts and reshapes that keep it on the trailing axes
+    # to one add with an [examples, *rows, *bias] operand.
+    core = _strip_ones(eqns[i].in_avals[pos].shape)
+    e, j, jpos, chain = _follow(eqns, i, pos, uses, _ALIAS)
+    out = tuple(e.out_avals[0].shape)
+    if (core and e.primitive.name in ("add", "add_any") and _keeps_trailing(chain)
+        and len(out) > len(core) and out[0] == batch and out[len(out) - len(core):] == core
+        and tuple(e.in_avals[1 - jpos].shape) == out and len(e.in_avals[jpos].shape) == len(out)
+        and _strip_ones(e.in_avals[jpos].shape) == core):
+      kind = "bias" if all(d == 1 for d in out[1:len(out) - len(core)]) else "rows_bias"
+      found[k] = (kind, j, 1, math.prod(core))
   return found
 
 
@@ -185,14 +212,15 @@ def _confirm_example_axis(total, flat_p, flat_c, eqns, found):
     return tuple(x) == tuple(y) or (len(x) == len(y) >= 1 and y[0] == x[0] + 1 and tuple(x[1:]) == tuple(y[1:]))
 
   kept = {}
-  for k, (kind, i) in found.items():
+  for k, site in found.items():
+    i = site[1]
     a, b = eqns[i], eqns2[i]
     pairs = [(x.shape, y.shape) for x, y in zip(a.in_avals + a.out_avals, b.in_avals + b.out_avals)
              if x is not None and y is not None]
     out_a, out_b = a.out_avals[0].shape, b.out_avals[0].shape
     if (a.primitive == b.primitive and all(same_or_grown(x, y) for x, y in pairs)
         and out_b[0] == out_a[0] + 1 and tuple(out_b[1:]) == tuple(out_a[1:])):
-      kept[k] = (kind, i)
+      kept[k] = site
   return kept
 
 
@@ -257,28 +285,23 @@ def squared_grad_sum(loss_fn, params, chunk) -> Any:
   found = _confirm_example_axis(total, flat_p, flat_c, eqns, _analyse(eqns, in_tokens[:len(flat_p)], batch))
   out = [None] * len(flat_p)
   if found:
-    sites = {i: jnp.zeros(eqns[i].out_avals[0].shape, eqns[i].out_avals[0].dtype) for _, i in found.values()}
-    dense_sites = {i for kind, i in found.values() if kind in ("dense", "rows")}
+    sites = {i: jnp.zeros(eqns[i].out_avals[0].shape, eqns[i].out_avals[0].dtype) for _, i, _, _ in found.values()}
+    kernel_sites = {i for kind, i, _, _ in found.values() if kind in ("dense", "rows")}
 
     def perturbed(eps):
-      (loss,), acts = _evaluate(eqns, in_tokens, const_tokens, out_tokens, flat_p + flat_c, eps, dense_sites)
+      (loss,), acts = _evaluate(eqns, in_tokens, const_tokens, out_tokens, flat_p + flat_c, eps, kernel_sites)
       return loss, acts
 
     deltas, acts = jax.grad(perturbed, has_aux=True)(sites)
-    for k, (kind, i) in found.items():
-      n_out = eqns[i].out_avals[0].shape[-1]
+    for k, (kind, i, n_in, n_out) in found.items():
+      d = deltas[i].reshape(batch, -1, n_out).astype(jnp.float32)  # [examples, rows, N]
       if kind == "dense":
-        d2 = jnp.square(deltas[i].reshape(batch, -1).astype(jnp.float32))
-        a2 = jnp.square(acts[i].reshape(batch, -1).astype(jnp.float32))
-        out[k] = a2.T @ d2
-      elif kind == "bias":
-        out[k] = jnp.sum(jnp.square(deltas[i].reshape(batch, -1).astype(jnp.float32)), axis=0)
+        a2 = jnp.square(acts[i].reshape(batch, n_in).astype(jnp.float32))
+        out[k] = a2.T @ jnp.square(d[:, 0])
       elif kind == "rows":
-        a = acts[i].reshape(batch, -1, acts[i].shape[-1]).astype(jnp.float32)
-        out[k] = _rows_kernel_squares(a, deltas[i].reshape(batch, -1, n_out).astype(jnp.float32))
-      else:  # rows_bias: example i's gradient is the sum of its rows' cotangents
-        per_example = jnp.sum(deltas[i].reshape(batch, -1, n_out).astype(jnp.float32), axis=1)
-        out[k] = jnp.sum(jnp.square(per_example), axis=0)
+        out[k] = _rows_kernel_squares(acts[i].reshape(batch, -1, n_in).astype(jnp.float32), d)
+      else:  # a bias: example i's gradient is the sum of its rows' cotangents
+        out[k] = jnp.sum(jnp.square(jnp.sum(d, axis=1)), axis=0)
   rest = [k for k in range(len(flat_p)) if k not in found]
   if rest:
     def rest_loss(sub, example):
