@@ -76,16 +76,22 @@ def test_dense_layers_over_a_sequence_axis(chunk):
   _check(loss, params, chunk)
 
 
-def test_wide_row_layers_are_grouped_to_bound_memory(chunk, monkeypatch):
-  # With the limit at 500 floats the 16 x 12 and 12 x 20 kernels go two examples at a time (23
-  # examples: the last group is padded with a zero example), with 200 one example at a time.
+def test_row_kernels_in_groups_of_examples(chunk, monkeypatch):
+  # Groups of 2, 3 and 1 examples (23 examples: the last group padded with zero examples), and the
+  # off-CPU rule: 500 floats hold two 12 x 20 or 16 x 12 kernel gradients.
   loss, params = _token_model()
-  for limit in (500, 200):
-    monkeypatch.setattr(fastfisher, "_ROWS_LIMIT", limit)
-    _check(loss, params, {k: v[:23] for k, v in chunk.items()})
+  part = {k: v[:23] for k, v in chunk.items()}
+  for group in (2, 3, 1, 23):
+    monkeypatch.setattr(fastfisher, "_rows_group", lambda b, k, n, group=group: group)
+    _check(loss, params, part)
+  monkeypatch.undo()
+  monkeypatch.setattr(fastfisher, "_ROWS_LIMIT", 500)
+  monkeypatch.setattr(fastfisher.jax, "default_backend", lambda: "gpu")
+  assert fastfisher._rows_group(23, 12, 20) == 2 and fastfisher._rows_group(23, 16, 12) == 2
+  assert fastfisher._rows_group(23, 40, 40) == 1 and fastfisher._rows_group(3, 2, 2) == 3
 
 
-def test_attention_block_is_decomposed_but_for_the_norm_scale(chunk):
+def test_attention_block_is_fully_decomposed(chunk):
   from flax import nnx
 
   class Block(nnx.Module):
@@ -106,27 +112,28 @@ def test_attention_block_is_decomposed_but_for_the_norm_scale(chunk):
   assert fastfisher.decomposed_leaves(loss, params, chunk) == [
       "attn/key/bias", "attn/key/kernel", "attn/out/bias", "attn/out/kernel", "attn/query/bias",
       "attn/query/kernel", "attn/value/bias", "attn/value/kernel", "embed/bias", "embed/kernel", "head/bias",
-      "head/kernel", "norm/bias"]
+      "head/kernel", "norm/bias", "norm/scale"]
   _check(loss, params, chunk, global_atol=True)
 
 
-def test_a_bias_broadcast_over_channels_first_is_not_taken_for_a_trailing_one(chunk):
-  # [B, C, W] with C == W == 8: the bias added along the channel axis (not the trailing one) must
-  # fall back to vmap(grad); the same bias on the trailing axis is decomposed.
+def test_a_bias_or_scale_broadcast_over_channels_first_is_not_taken_for_a_trailing_one(chunk):
+  # [B, C, W] with C == W == 8: a bias and a scale applied along the channel axis (not the trailing
+  # one) must fall back to vmap(grad); on the trailing axis they are decomposed.
   k = jax.random.split(jax.random.key(6), 2)
   params = {"w": jax.random.normal(k[0], (8, 8)) * 0.3, "b": jnp.linspace(-0.5, 0.5, 8),
-            "head": jax.random.normal(k[1], (64, 10)) * 0.1}
+            "s": jnp.linspace(0.5, 1.5, 8), "head": jax.random.normal(k[1], (64, 10)) * 0.1}
 
   def make(trailing):
     def loss(p, b):
       h = b["x"].reshape(b["x"].shape[0], 8, 8) @ p["w"]
-      h = jnp.tanh(h + (p["b"][None, None, :] if trailing else p["b"][None, :, None]))
+      along = (lambda v: v[None, None, :]) if trailing else (lambda v: v[None, :, None])
+      h = jnp.tanh(h + along(p["b"])) * along(p["s"])
       logits = h.reshape(h.shape[0], -1) @ p["head"]
       return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, b["y"][:, None], -1)[:, 0])
     return loss
 
   assert fastfisher.decomposed_leaves(make(False), params, chunk) == ["head", "w"]
-  assert fastfisher.decomposed_leaves(make(True), params, chunk) == ["b", "head", "w"]
+  assert fastfisher.decomposed_leaves(make(True), params, chunk) == ["b", "head", "s", "w"]
   _check(make(False), params, chunk)
   _check(make(True), params, chunk)
 
@@ -146,7 +153,7 @@ def test_plain_jax_loss_with_penalty_tied_weights_and_no_bias(chunk):
     nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, b["y"][:, None], -1)[:, 0]
     return jnp.mean(nll) + 1e-2 * jnp.sum(p["w1"] ** 2)  # the penalty makes w1 not per-example
 
-  assert fastfisher.decomposed_leaves(loss, params, chunk) == ["b1", "w2"]
+  assert fastfisher.decomposed_leaves(loss, params, chunk) == ["b1", "scale", "w2"]
   _check(loss, params, chunk)
 
 

@@ -12,21 +12,24 @@ one matrix product over the batch, the cost of one backward pass (Goodfellow, 20
 A kernel applied to several rows per example (tokens of a sequence, or the patches of a
 convolution written as a matmul, like the reference CNN's) has per-example gradient
 :math:`a_i^\top \delta_i` summed over example :math:`i`'s rows; these are formed from the same
-backward pass by one batched product (in groups of examples that bound memory) and squared, and a
-bias added to such rows has per-example gradient :math:`\sum_{\text{rows}} \delta_i`.
+backward pass by one batched product (in groups of examples that bound memory) and squared; a
+bias added to such rows has per-example gradient :math:`\sum_{\text{rows}} \delta_i`, and a
+scale multiplying them elementwise (a normalisation layer's) :math:`\sum_{\text{rows}} a_i \odot
+\delta_i`, with :math:`a` the other factor.
 
 This works on the *traced program* of any ``loss_fn``: the per-example losses
 ``vmap(lambda e: loss_fn(params, e[None]))`` are traced to a jaxpr (inlining nested ``jit`` calls),
 and every parameter leaf whose only use is as the right operand of a ``dot_general`` contracting
 its leading axes with the trailing axes of ``[examples, *rows, *features]`` (a kernel of any rank,
 possibly reshaped first: dense layers, attention projections, convolutions as matmuls) or, through
-reshapes and broadcasts that keep it on the trailing axes, as an addend of such an array (a bias)
-is handled as above. The
+reshapes and broadcasts that keep it on the trailing axes, as an addend (a bias) or a factor (a
+scale) of such an array is handled as above. The
 cotangents :math:`\delta` come from one ``grad`` of the summed per-example losses with respect to
 zero perturbations added to those outputs (exact: each example's loss depends only on its own
 rows). A site counts only if tracing again with one more example grows exactly its leading axis
-(that axis is the example axis). Every other leaf (``lax.conv`` kernels, normalisation scales,
-tied weights, weights in a penalty term) falls back to ``vmap(grad)`` restricted to those leaves.
+(that axis is the example axis). Every other leaf (``lax.conv`` kernels, tied weights, weights in
+a penalty term) falls back to ``vmap(grad)`` restricted to those leaves, which costs about a full
+``vmap(grad)`` pass however few they are.
 """
 
 from __future__ import annotations
@@ -158,8 +161,9 @@ def _analyse(eqns: list[_Eqn], param_tokens: list[int], batch: int):
 
   Kinds: ``"dense"`` (a kernel applied to one row per example), ``"rows"`` (a kernel applied to
   several rows per example: tokens, pixels, patches), ``"bias"`` (added to one row per example),
-  ``"rows_bias"`` (added to several rows per example). A kernel's contracted axes hold ``K``
-  elements and its free axes ``N``; a bias has ``K = 1`` and ``N`` elements.
+  ``"rows_bias"`` (added to several rows per example), ``"scale"`` (multiplied elementwise with
+  rows of the example). A kernel's contracted axes hold ``K`` elements and its free axes ``N``; a
+  bias or scale has ``N`` elements, and for a scale ``K`` is the position of the other factor.
   """
   uses: dict[int, list[tuple[int, int]]] = {}
   for i, e in enumerate(eqns):
@@ -167,6 +171,7 @@ def _analyse(eqns: list[_Eqn], param_tokens: list[int], batch: int):
       if isinstance(t, int):
         uses.setdefault(t, []).append((i, pos))
   found = {}
+  scale_eqns: set[int] = set()  # a multiply records one factor: one scale site per multiply
   for k, tok in enumerate(param_tokens):
     u = uses.get(tok, [])
     if len(u) != 1:
@@ -185,17 +190,26 @@ def _analyse(eqns: list[_Eqn], param_tokens: list[int], batch: int):
         kind = "dense" if all(d == 1 for d in lhs[1:free]) else "rows"
         found[k] = (kind, j, math.prod(rhs[:c]), math.prod(rhs[c:]))
       continue
-    # A bias: followed through single-use broadcasts and reshapes that keep it on the trailing axes
-    # to one add with an [examples, *rows, *bias] operand.
+    # A bias (added) or a scale (multiplied, as in a normalisation layer): followed through
+    # single-use broadcasts and reshapes that keep it on the trailing axes, to an add or a multiply
+    # producing an [examples, *rows, *core] array.
     core = _strip_ones(eqns[i].in_avals[pos].shape)
     e, j, jpos, chain = _follow(eqns, i, pos, uses, _ALIAS)
     out = tuple(e.out_avals[0].shape)
-    if (core and e.primitive.name in ("add", "add_any") and _keeps_trailing(chain)
-        and len(out) > len(core) and out[0] == batch and out[len(out) - len(core):] == core
-        and tuple(e.in_avals[1 - jpos].shape) == out and len(e.in_avals[jpos].shape) == len(out)
-        and _strip_ones(e.in_avals[jpos].shape) == core):
-      kind = "bias" if all(d == 1 for d in out[1:len(out) - len(core)]) else "rows_bias"
-      found[k] = (kind, j, 1, math.prod(core))
+    name = e.primitive.name
+    if not (core and name in ("add", "add_any", "mul") and _keeps_trailing(chain) and len(out) > len(core)
+            and out[0] == batch and out[len(out) - len(core):] == core
+            and len(e.in_avals[jpos].shape) == len(out) and _strip_ones(e.in_avals[jpos].shape) == core):
+      continue
+    other = tuple(e.in_avals[1 - jpos].shape)
+    one_row = all(d == 1 for d in out[1:len(out) - len(core)])
+    if name == "mul":
+      # The other factor, broadcast to the output (per example, per row, or shared).
+      if len(other) == len(out) and all(o in (1, d) for o, d in zip(other, out)) and j not in scale_eqns:
+        scale_eqns.add(j)
+        found[k] = ("scale", j, 1 - jpos, math.prod(core))
+    elif other == out:
+      found[k] = ("bias" if one_row else "rows_bias", j, 1, math.prod(core))
   return found
 
 
@@ -224,7 +238,9 @@ def _confirm_example_axis(total, flat_p, flat_c, eqns, found):
   return kept
 
 
-def _evaluate(eqns, in_tokens, const_tokens, out_tokens, args, perturb: dict[int, Any], record: set[int]):
+def _evaluate(eqns, in_tokens, const_tokens, out_tokens, args, perturb: dict[int, Any], record: dict[int, int]):
+  """Runs the flat program, adding ``perturb[i]`` to equation i's output and keeping operand
+  ``record[i]`` of equation i."""
   env = dict(const_tokens)
   env.update(zip(in_tokens, args))
   recorded = {}
@@ -232,7 +248,7 @@ def _evaluate(eqns, in_tokens, const_tokens, out_tokens, args, perturb: dict[int
   for i, e in enumerate(eqns):
     vals = [read(t) for t in e.ins]
     if i in record:
-      recorded[i] = vals[0]
+      recorded[i] = vals[record[i]]
     out = e.primitive.bind(*vals, **e.primitive.get_bind_params(e.params))
     out = out if e.primitive.multiple_results else [out]
     if i in perturb:
@@ -241,18 +257,27 @@ def _evaluate(eqns, in_tokens, const_tokens, out_tokens, args, perturb: dict[int
   return [read(t) for t in out_tokens], recorded
 
 
-_ROWS_LIMIT = 1 << 24  # per-example kernel gradients held at once (floats)
+_ROWS_LIMIT = 1 << 24  # per-example kernel gradients held at once (floats), off CPU
+
+
+def _rows_group(examples: int, k: int, n: int) -> int:
+  """Examples whose ``K x N`` kernel gradients are formed at once. On CPU one at a time: XLA:CPU
+  runs the batched product with a short contraction (few rows) up to 8x slower than a loop of
+  plain matmuls (measured: 64 examples of 8 rows, 128 x 512, 35 ms batched vs 4 ms looped);
+  elsewhere as many as ``_ROWS_LIMIT`` floats allow."""
+  if jax.default_backend() == "cpu":
+    return 1
+  return max(1, min(examples, _ROWS_LIMIT // max(1, k * n)))
 
 
 def _rows_kernel_squares(a: jax.Array, d: jax.Array) -> jax.Array:
-  r""":math:`\sum_i (a_i^\top \delta_i)^{\circ 2}` for ``a`` ``[B, P, K]``, ``d`` ``[B, P, N]``.
-
-  Per-example kernel gradients are formed in groups of at most ``_ROWS_LIMIT / (K N)`` examples,
-  so memory stays bounded for wide layers."""
+  r""":math:`\sum_i (a_i^\top \delta_i)^{\circ 2}` for ``a`` ``[B, P, K]``, ``d`` ``[B, P, N]``,
+  forming the per-example kernel gradients in groups (``_rows_group``) inside a ``lax.scan``, so
+  memory stays bounded for wide layers."""
   b, _, k = a.shape
   n = d.shape[-1]
-  group = max(1, min(b, _ROWS_LIMIT // max(1, k * n)))
-  if group == b:
+  group = _rows_group(b, k, n)
+  if group >= b:
     return jnp.sum(jnp.square(jnp.einsum("bpk,bpn->bkn", a, d)), axis=0)
   pad = (-b) % group  # zero rows add zero gradients
   a = jnp.pad(a, ((0, pad), (0, 0), (0, 0))).reshape((-1, group) + a.shape[1:])
@@ -286,10 +311,11 @@ def squared_grad_sum(loss_fn, params, chunk) -> Any:
   out = [None] * len(flat_p)
   if found:
     sites = {i: jnp.zeros(eqns[i].out_avals[0].shape, eqns[i].out_avals[0].dtype) for _, i, _, _ in found.values()}
-    kernel_sites = {i for kind, i, _, _ in found.values() if kind in ("dense", "rows")}
+    record = {i: (0 if kind in ("dense", "rows") else n_in) for kind, i, n_in, _ in found.values()
+              if kind in ("dense", "rows", "scale")}
 
     def perturbed(eps):
-      (loss,), acts = _evaluate(eqns, in_tokens, const_tokens, out_tokens, flat_p + flat_c, eps, kernel_sites)
+      (loss,), acts = _evaluate(eqns, in_tokens, const_tokens, out_tokens, flat_p + flat_c, eps, record)
       return loss, acts
 
     deltas, acts = jax.grad(perturbed, has_aux=True)(sites)
@@ -300,6 +326,9 @@ def squared_grad_sum(loss_fn, params, chunk) -> Any:
         out[k] = a2.T @ jnp.square(d[:, 0])
       elif kind == "rows":
         out[k] = _rows_kernel_squares(acts[i].reshape(batch, -1, n_in).astype(jnp.float32), d)
+      elif kind == "scale":  # example i's gradient: the sum over its rows of (other factor * delta)
+        factor = jnp.broadcast_to(acts[i], deltas[i].shape).reshape(batch, -1, n_out).astype(jnp.float32)
+        out[k] = jnp.sum(jnp.square(jnp.sum(factor * d, axis=1)), axis=0)
       else:  # a bias: example i's gradient is the sum of its rows' cotangents
         out[k] = jnp.sum(jnp.square(jnp.sum(d, axis=1)), axis=0)
   rest = [k for k in range(len(flat_p)) if k not in found]
