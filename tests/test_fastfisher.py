@@ -78,17 +78,18 @@ def test_dense_layers_over_a_sequence_axis(chunk):
 
 def test_row_kernels_in_groups_of_examples(chunk, monkeypatch):
   # Groups of 2, 3 and 1 examples (23 examples: the last group padded with zero examples), and the
-  # off-CPU rule: 500 floats hold two 12 x 20 or 16 x 12 kernel gradients.
+  # grouping rule on and off CPU: 500 floats hold two 12 x 20 or 16 x 12 kernel gradients.
   loss, params = _token_model()
   part = {k: v[:23] for k, v in chunk.items()}
   for group in (2, 3, 1, 23):
     monkeypatch.setattr(fastfisher, "_rows_group", lambda b, k, n, group=group: group)
     _check(loss, params, part)
   monkeypatch.undo()
-  monkeypatch.setattr(fastfisher, "_ROWS_LIMIT", 500)
-  monkeypatch.setattr(fastfisher.jax, "default_backend", lambda: "gpu")
-  assert fastfisher._rows_group(23, 12, 20) == 2 and fastfisher._rows_group(23, 16, 12) == 2
-  assert fastfisher._rows_group(23, 40, 40) == 1 and fastfisher._rows_group(3, 2, 2) == 3
+  for backend, limit in (("gpu", "_ROWS_LIMIT"), ("cpu", "_CPU_ROWS_LIMIT")):
+    monkeypatch.setattr(fastfisher, limit, 500)
+    monkeypatch.setattr(fastfisher.jax, "default_backend", lambda backend=backend: backend)
+    assert fastfisher._rows_group(23, 12, 20) == 2 and fastfisher._rows_group(23, 16, 12) == 2
+    assert fastfisher._rows_group(23, 40, 40) == 1 and fastfisher._rows_group(3, 2, 2) == 3
 
 
 def test_attention_block_is_fully_decomposed(chunk):

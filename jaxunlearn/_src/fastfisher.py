@@ -258,16 +258,17 @@ def _evaluate(eqns, in_tokens, const_tokens, out_tokens, args, perturb: dict[int
 
 
 _ROWS_LIMIT = 1 << 24  # per-example kernel gradients held at once (floats), off CPU
+_CPU_ROWS_LIMIT = 1 << 16  # on CPU: a cache-sized group
 
 
 def _rows_group(examples: int, k: int, n: int) -> int:
-  """Examples whose ``K x N`` kernel gradients are formed at once. On CPU one at a time: XLA:CPU
-  runs the batched product with a short contraction (few rows) up to 8x slower than a loop of
-  plain matmuls (measured: 64 examples of 8 rows, 128 x 512, 35 ms batched vs 4 ms looped);
-  elsewhere as many as ``_ROWS_LIMIT`` floats allow."""
-  if jax.default_backend() == "cpu":
-    return 1
-  return max(1, min(examples, _ROWS_LIMIT // max(1, k * n)))
+  """Examples whose ``K x N`` kernel gradients are formed at once: as many as ``_ROWS_LIMIT``
+  floats allow, and on CPU as many as fit in ``_CPU_ROWS_LIMIT`` (one for wide layers). XLA:CPU
+  runs a large batched product with a short contraction (few rows) far below matmul speed
+  (measured: 64 examples of 8 rows, 128 x 512, 35 ms batched vs 4 ms one example at a time),
+  while looping over many small kernels one by one costs more than batching them."""
+  limit = _CPU_ROWS_LIMIT if jax.default_backend() == "cpu" else _ROWS_LIMIT
+  return max(1, min(examples, limit // max(1, k * n)))
 
 
 def _rows_kernel_squares(a: jax.Array, d: jax.Array) -> jax.Array:
