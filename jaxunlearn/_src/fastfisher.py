@@ -258,15 +258,15 @@ def _evaluate(eqns, in_tokens, const_tokens, out_tokens, args, perturb: dict[int
 
 
 _ROWS_LIMIT = 1 << 24  # per-example kernel gradients held at once (floats), off CPU
-_CPU_ROWS_LIMIT = 1 << 16  # on CPU: a cache-sized group
+_CPU_ROWS_LIMIT = 1  # on CPU: one example at a time
 
 
 def _rows_group(examples: int, k: int, n: int) -> int:
   """Examples whose ``K x N`` kernel gradients are formed at once: as many as ``_ROWS_LIMIT``
-  floats allow, and on CPU as many as fit in ``_CPU_ROWS_LIMIT`` (one for wide layers). XLA:CPU
-  runs a large batched product with a short contraction (few rows) far below matmul speed
-  (measured: 64 examples of 8 rows, 128 x 512, 35 ms batched vs 4 ms one example at a time),
-  while looping over many small kernels one by one costs more than batching them."""
+  floats allow, one at a time on CPU. XLA:CPU runs the batched product with a short contraction
+  (few rows per example) far below matmul speed: 64 examples of 8 rows with a 128 x 512 kernel
+  took 35 ms batched against 4 ms one example at a time, and on the reference CNNs one at a time
+  was also faster than cache-sized groups (measured on a 2-core CPU)."""
   limit = _CPU_ROWS_LIMIT if jax.default_backend() == "cpu" else _ROWS_LIMIT
   return max(1, min(examples, limit // max(1, k * n)))
 
