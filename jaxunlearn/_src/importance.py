@@ -15,10 +15,6 @@ from jaxunlearn._src.microbatch import batch_grad, check_micro_batch
 from jaxunlearn._src.base import LossFn, Params, example_count
 
 
-def _leading_size(data: Any) -> int:
-  return example_count(data, name="data")
-
-
 def _zeros_f32(params: Params) -> Params:
   return jax.tree_util.tree_map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
 
@@ -44,7 +40,7 @@ def _unshard_leading(x: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "batch_size", "per_example", "axis_name", "unroll", "method", "micro_batch"))
 def _fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, unroll, method="decompose", micro_batch=None):
-  n = _leading_size(data)
+  n = example_count(data, name="data")
   n_full, rem = divmod(n, batch_size)
 
   if per_example and method == "decompose":
@@ -164,7 +160,7 @@ def fisher_diagonal(
   """
   if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
     raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-  if _leading_size(data) == 0:
+  if example_count(data, name="data") == 0:
     raise ValueError("data holds no examples: the Fisher of an empty set is undefined.")
   if method not in ("decompose", "vmap"):
     raise ValueError(f"unknown method {method!r}; expected 'decompose' or 'vmap'.")

@@ -74,7 +74,6 @@ class CNN(nnx.Module):
     spatial, in_ch = tuple(input_shape[:-1]), int(input_shape[-1])
     if len(spatial) not in (1, 2):
       raise ValueError(f"CNN takes (L, C) or (H, W, C) inputs, got input_shape {tuple(input_shape)}.")
-    self.window = (2,) * len(spatial)
     kernel = (3,) * len(spatial)
     convs, size = [], list(spatial)
     for ch in channels:
