@@ -44,9 +44,20 @@ def write(name: str, payload: dict, markdown: str) -> None:
 
 def median_time(fn, reps: int) -> float:
   """Median wall time of ``reps`` calls of ``fn`` (which must block on its result)."""
-  times = []
+  return interleaved({"fn": fn}, reps, warm_up=False)["fn"]
+
+
+def interleaved(jobs: dict, reps: int, *, warm_up: bool = True) -> dict:
+  """Median wall time of each job over ``reps`` rounds in which every job runs once, in a fixed
+  order (A B C ... A B C ...), after one warm-up call of each (compilation). Jobs must block on
+  their results."""
+  if warm_up:
+    for fn in jobs.values():
+      fn()
+  times = {k: [] for k in jobs}
   for _ in range(reps):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+    for k, fn in jobs.items():
+      t0 = time.perf_counter()
+      fn()
+      times[k].append(time.perf_counter() - t0)
+  return {k: statistics.median(v) for k, v in times.items()}

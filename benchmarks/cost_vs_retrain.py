@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import sys
-import time
 
 import jax
 import numpy as np
@@ -48,13 +46,7 @@ def example_gradients(method: str, n_forget: int, n_retain: int) -> int:
 
 
 def timed(fn, reps: int) -> float:
-  jax.block_until_ready(fn())  # compile
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  return _common.interleaved({"fn": lambda: jax.block_until_ready(fn())}, reps)["fn"]
 
 
 def run_case(train, forget_ids, hidden, reps, seed=0):

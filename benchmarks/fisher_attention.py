@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -65,23 +63,19 @@ def main():
     chunk = jax.tree.map(lambda a: a[:BATCH], full)
     decomposed = fastfisher.decomposed_leaves(loss, params, chunk)
     jobs = {
-        "batch-gradient pass": lambda: jaxunlearn.fisher_diagonal(loss, params, full, batch_size=BATCH,
-                                                                  per_example=False),
-        "fisher (decompose)": lambda: jaxunlearn.fisher_diagonal(loss, params, full, batch_size=BATCH),
-        "fisher (vmap)": lambda: jaxunlearn.fisher_diagonal(loss, params, full, batch_size=BATCH, method="vmap"),
+        "batch-gradient pass": lambda: jax.block_until_ready(
+            jaxunlearn.fisher_diagonal(loss, params, full, batch_size=BATCH, per_example=False)),
+        "fisher (decompose)": lambda: jax.block_until_ready(
+            jaxunlearn.fisher_diagonal(loss, params, full, batch_size=BATCH)),
+        "fisher (vmap)": lambda: jax.block_until_ready(
+            jaxunlearn.fisher_diagonal(loss, params, full, batch_size=BATCH, method="vmap")),
     }
+    # The two Fisher results are compared; their calls are also the warm-up (compilation).
     check = [jobs["fisher (decompose)"](), jobs["fisher (vmap)"]()]
     top = max(float(jnp.max(a)) for a in jax.tree.leaves(check[1]))
     agree = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(*map(jax.tree.leaves, check))) / top
-    times = {k: [] for k in jobs}
-    for fn in jobs.values():
-      jax.block_until_ready(fn())
-    for _ in range(args.reps):
-      for k, fn in jobs.items():
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times[k].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    jobs["batch-gradient pass"]()
+    med = _common.interleaved(jobs, args.reps, warm_up=False)
     rows.append({"dim": dim, "heads": heads, "params": sum(a.size for a in jax.tree.leaves(params)),
                  "leaves": len(leaves), "decomposed": decomposed, "max_diff_vs_vmap_rel_to_max": agree,
                  "seconds": med})

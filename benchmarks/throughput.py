@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -51,13 +50,7 @@ def timed(fn, args, reps):
   t0 = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
   compile_s = time.perf_counter() - t0
-  jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times), compile_s
+  return _common.interleaved({"step": lambda: jax.block_until_ready(compiled(*args))}, reps)["step"], compile_s
 
 
 def peak_flops(dtype, reps):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -50,18 +49,6 @@ def reference_models():
       ("MNIST-1D CNN", "cnn", m1d.x, m1d.y, None),
       ("CIFAR-size CNN (random inputs)", "cnn", *cifar, 16),
   ]
-
-
-def interleaved(jobs: dict, reps: int) -> dict:
-  for fn in jobs.values():
-    fn()
-  times = {k: [] for k in jobs}
-  for _ in range(reps):
-    for k, fn in jobs.items():
-      t0 = time.perf_counter()
-      fn()
-      times[k].append(time.perf_counter() - t0)
-  return {k: statistics.median(v) for k, v in times.items()}
 
 
 def jax_jobs(loss, params, full, forget, n, n_forget, micro):
@@ -143,7 +130,7 @@ def bench_model(label, kind, x, y, micro, reps):
       f"torch graddiff {STEPS} steps": torch_graddiff,
   }
   t0 = time.perf_counter()
-  times = interleaved(jobs, reps)
+  times = _common.interleaved(jobs, reps)
   print(f"{label}: {time.perf_counter() - t0:.0f} s", {k: round(v * 1e3, 1) for k, v in times.items()}, flush=True)
   return {"model": label, "examples": n, "batch_size": BATCH, "micro_batch": micro, "seconds": times}
 
