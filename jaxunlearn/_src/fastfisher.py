@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
+from jaxunlearn._src.base import path_str
+
 _INLINE = {"pjit", "jit", "closed_call", "core_call"}
 _ALIAS = {"broadcast_in_dim", "reshape"}
 
@@ -290,13 +292,19 @@ def _rows_kernel_squares(a: jax.Array, d: jax.Array) -> jax.Array:
   return jax.lax.scan(body, jnp.zeros((k, n), jnp.float32), (a, d))[0]
 
 
-def squared_grad_sum(loss_fn, params, chunk) -> Any:
-  """:math:`\\sum_i (\\partial \\ell(\\theta; z_i) / \\partial \\theta)^2` over the examples of
-  ``chunk`` (leading axis), float32, shaped like ``params``; ``loss_fn`` is called per example on
-  one-example batches, exactly as ``vmap(grad)`` would."""
+class _Traced(NamedTuple):
+  flat_p: list
+  p_def: Any
+  flat_c: list
+  example_loss: Any  # (param leaves, one example) -> loss
+  program: tuple  # _flatten's (eqns, in_tokens, const_tokens, out_tokens)
+  found: dict  # _analyse's sites, confirmed on the example axis
+
+
+def _trace(loss_fn, params, chunk) -> _Traced:
+  """Traces the summed per-example losses of ``chunk`` and finds the decomposable leaves."""
   flat_p, p_def = jax.tree_util.tree_flatten(params)
   flat_c, c_def = jax.tree_util.tree_flatten(chunk)
-  batch = int(jnp.shape(flat_c[0])[0])
 
   def example_loss(p_leaves, example):
     p = jax.tree_util.tree_unflatten(p_def, p_leaves)
@@ -306,9 +314,20 @@ def squared_grad_sum(loss_fn, params, chunk) -> Any:
     per = jax.vmap(example_loss, in_axes=(None, 0))(p_leaves, jax.tree_util.tree_unflatten(c_def, c_leaves))
     return jnp.sum(per)
 
-  closed = jax.make_jaxpr(total)(flat_p, flat_c)
-  eqns, in_tokens, const_tokens, out_tokens = _flatten(closed)
-  found = _confirm_example_axis(total, flat_p, flat_c, eqns, _analyse(eqns, in_tokens[:len(flat_p)], batch))
+  program = _flatten(jax.make_jaxpr(total)(flat_p, flat_c))
+  eqns, in_tokens = program[0], program[1]
+  found = _analyse(eqns, in_tokens[:len(flat_p)], int(jnp.shape(flat_c[0])[0]))
+  found = _confirm_example_axis(total, flat_p, flat_c, eqns, found)
+  return _Traced(flat_p, p_def, flat_c, example_loss, program, found)
+
+
+def squared_grad_sum(loss_fn, params, chunk) -> Any:
+  """:math:`\\sum_i (\\partial \\ell(\\theta; z_i) / \\partial \\theta)^2` over the examples of
+  ``chunk`` (leading axis), float32, shaped like ``params``; ``loss_fn`` is called per example on
+  one-example batches, exactly as ``vmap(grad)`` would."""
+  flat_p, p_def, flat_c, example_loss, (eqns, in_tokens, const_tokens, out_tokens), found = _trace(
+      loss_fn, params, chunk)
+  batch = int(jnp.shape(flat_c[0])[0])
   out = [None] * len(flat_p)
   if found:
     sites = {i: jnp.zeros(eqns[i].out_avals[0].shape, eqns[i].out_avals[0].dtype) for _, i, _, _ in found.values()}
@@ -348,18 +367,5 @@ def squared_grad_sum(loss_fn, params, chunk) -> Any:
 
 def decomposed_leaves(loss_fn, params, chunk) -> list[str]:
   """Paths of the parameter leaves the fast path handles (the rest use ``vmap(grad)``)."""
-  from jaxunlearn._src.base import path_str
-
-  flat_p, p_def = jax.tree_util.tree_flatten(params)
   paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-  flat_c, c_def = jax.tree_util.tree_flatten(chunk)
-
-  def total(p_leaves, c_leaves):
-    p = jax.tree_util.tree_unflatten(p_def, p_leaves)
-    one = lambda e: loss_fn(p, jax.tree_util.tree_map(lambda x: x[None], e))  # noqa: E731
-    return jnp.sum(jax.vmap(one)(jax.tree_util.tree_unflatten(c_def, c_leaves)))
-
-  eqns, in_tokens, _, _ = _flatten(jax.make_jaxpr(total)(flat_p, flat_c))
-  found = _confirm_example_axis(total, flat_p, flat_c, eqns,
-                                _analyse(eqns, in_tokens[:len(flat_p)], int(jnp.shape(flat_c[0])[0])))
-  return [paths[k] for k in sorted(found)]
+  return [paths[k] for k in sorted(_trace(loss_fn, params, chunk).found)]
