@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -152,3 +154,84 @@ def test_shuffle_depends_on_ids_not_positions(digits):
   order_sub = sub.ids[data.id_order(sub.ids, seed=9, epoch=2)]
   np.testing.assert_array_equal(order_sub, order_all[~np.isin(order_all, removed)])
   assert not np.array_equal(order_all, train.ids[data.id_order(train.ids, seed=9, epoch=3)])
+
+
+# -- ids are integers, nothing else (a string is not a list of digits, 3.7 is not 3) -------------
+
+@pytest.mark.parametrize("bad, message", [
+    ("17", "string '17'"),
+    ([3.7], "non-integer entries: 3.7"),
+    (np.array([24.9]), "non-integer entries: 24.9"),
+    ([3.0], "non-integer entries: 3.0"),
+    (np.array([True, False]), "boolean array"),
+    (True, "boolean"),
+    ([1, "2"], "non-integer entries: '2'"),
+    (np.array(["1", "2"]), "non-integer entries: '1', '2'"),
+    (None, "NoneType"),
+    ([None], "non-integer entries: None"),
+])
+def test_non_integer_ids_are_refused_by_every_entry_point(digits, bad, message):
+  train, _ = digits
+  for fn in (data.as_ids, lambda i: data.check_ids(train, i), lambda i: data.split_forget(train, i),
+             train.positions, train.take, train.drop):
+    with pytest.raises(TypeError, match=re.escape(message)):
+      fn(bad)
+
+
+def test_out_of_range_and_multidimensional_ids(digits):
+  train, _ = digits
+  with pytest.raises(ValueError, match="out of the int64 range: 99999999999999999999"):
+    data.check_ids(train, [99999999999999999999])
+  with pytest.raises(ValueError, match="out of the int64 range"):
+    data.as_ids(np.array([2**63], np.uint64))
+  with pytest.raises(ValueError, match=r"one-dimensional.*\(1, 2\)"):
+    data.as_ids([[1, 2]])
+
+
+def test_integer_ids_of_every_kind_are_accepted(digits):
+  train, _ = digits
+  want = np.array([3, 17], np.int64)
+  for ids in ([17, 3], (3, 17), np.array([17, 3], np.int32), np.array([3, 17], np.uint16),
+              [np.int64(17), np.int8(3)], np.array([17, 3], dtype=object), [17, 3, 17]):
+    got = data.check_ids(train, ids)
+    assert got.dtype == np.int64 and np.array_equal(got, want), ids
+  assert data.as_ids(5).tolist() == [5] and data.as_ids(np.int32(5)).tolist() == [5]
+  assert data.as_ids([]).shape == (0,)
+
+
+@pytest.mark.parametrize("content, encoding", [
+    ("3\n17 # a comment\n\n", "utf-8"),
+    ("3\r\n17\r\n", "utf-8"),
+    ("3\n17\n", "utf-8-sig"),
+    ("3\n17\n", "utf-16"),  # with its byte-order mark
+])
+def test_read_ids_file_decodes_text(tmp_path, content, encoding):
+  path = tmp_path / "ids.txt"
+  path.write_bytes(content.encode(encoding))
+  assert data.read_ids_file(str(path)).tolist() == [3, 17]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("3\n1_9\n", r"ids.txt:2: expected an integer id, got '1_9'"),
+    ("3.7\n", r"ids.txt:1: expected an integer id, got '3.7'"),
+    ("1e3\n", r"got '1e3'"),
+    ("\u0661\u0662\n", r"ids.txt:1: expected an integer id"),  # Arabic-Indic digits: int() would take them
+    ("99999999999999999999\n", r"ids.txt:1: id 99999999999999999999 is out of the int64 range"),
+    ("3 17\n", r"got '3 17'"),
+])
+def test_read_ids_file_refuses_malformed_lines(tmp_path, content, message):
+  path = tmp_path / "ids.txt"
+  path.write_text(content, encoding="utf-8")
+  with pytest.raises(ValueError, match=message):
+    data.read_ids_file(str(path))
+
+
+def test_read_ids_file_refuses_what_is_not_a_text_file(tmp_path):
+  with pytest.raises(ValueError, match="is a directory"):
+    data.read_ids_file(str(tmp_path))
+  with pytest.raises(ValueError, match="no such file"):
+    data.read_ids_file(str(tmp_path / "missing.txt"))
+  path = tmp_path / "ids.bin"
+  path.write_bytes(b"3\n\x80\x81\n")
+  with pytest.raises(ValueError, match="is not UTF-8 text"):
+    data.read_ids_file(str(path))

@@ -114,6 +114,18 @@ def test_bad_requests_change_nothing(parts, tmp_path):
     job.forget([5, 99999, 100000])
   with pytest.raises(ValueError, match="no ids"):
     job.forget([])
+  # Not integers: refused whole, never split into digits or truncated.
+  for bad in ("17", [3.7], np.array([24.9]), [99999999999999999999], np.array([True] * 4)):
+    with pytest.raises((TypeError, ValueError), match="ids"):
+      job.forget(bad)
+  with pytest.raises(TypeError, match="ids"):
+    job.train(exclude_ids="17")
+  from jaxunlearn._src.sisa_cli import _parse_ids
+
+  assert _parse_ids(" 3, 17 ,").tolist() == [3, 17]
+  for text in ("1_9", "3.0", "17a", "0x11"):
+    with pytest.raises(ValueError, match=f"--ids entry .*{text}"):
+      _parse_ids(f"5,{text}")
   assert (tmp_path / "manifest.json").read_bytes() == manifest
   job.forget([5])
   assert job.forget([5])["noop"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random as _pyrandom
+import re
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -57,8 +58,9 @@ class Dataset:
     return tuple(self.x.shape[1:])
 
   def positions(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
-    """Array positions of the given ids; raises ``ValueError`` listing ids not in the split."""
-    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    """Array positions of the given ids (validated by ``as_ids``); raises ``ValueError`` listing
+    ids not in the split."""
+    ids = as_ids(ids)
     order = np.argsort(self.ids, kind="stable")
     sorted_ids = self.ids[order]
     if len(sorted_ids) == 0:
@@ -280,9 +282,80 @@ def random_ids(ds: Dataset, fraction: float, *, seed: int) -> np.ndarray:
   return np.sort(rng.choice(ds.ids, size=k, replace=False))
 
 
+_INT64 = np.iinfo(np.int64)
+
+
+def as_ids(ids: int | Sequence[int] | np.ndarray) -> np.ndarray:
+  """Example ids as a 1-D ``int64`` array, accepting only integers.
+
+  Accepted: a Python or NumPy integer, a sequence of them, or an integer array of at most one
+  dimension. Anything else is refused with the bad entries named, never rounded or split: a
+  string (``"17"`` is not ids 1 and 7; parse text with ``read_ids_file``), floats (``3.7`` is not
+  id 3, and ``3.0`` is refused too: cast deliberately with ``astype(int)``), booleans (a mask is not
+  a list of ids: use ``ds.ids[mask]``), and integers outside the int64 range.
+
+  Raises:
+    TypeError: ids that are not integers (the entries are named).
+    ValueError: an integer outside int64, or an array with more than one dimension.
+
+  Example:
+    >>> from jaxunlearn import data
+    >>> data.as_ids([3, 17]).tolist(), data.as_ids(5).tolist()
+    ([3, 17], [5])
+    >>> data.as_ids([3.7])
+    Traceback (most recent call last):
+    ...
+    TypeError: ids must be integers; got non-integer entries: 3.7 (cast deliberately, e.g. ids.astype(int), if these are ids).
+  """
+  if isinstance(ids, (str, bytes)):
+    raise TypeError(f"ids must be integers, got the string {ids!r}; pass a list of ints (text is parsed by "
+                    "read_ids_file or the command line's --ids).")
+  if isinstance(ids, (bool, np.bool_)):
+    raise TypeError(f"ids must be integers, got the boolean {ids!r}.")
+  if isinstance(ids, (int, np.integer)):
+    ids = [ids]
+  if not isinstance(ids, np.ndarray):
+    try:
+      items = list(ids)
+    except TypeError:
+      raise TypeError(f"ids must be an integer or a sequence of integers, got {type(ids).__name__}.") from None
+    if all(type(i) is int or isinstance(i, np.integer) and not isinstance(i, np.bool_) for i in items):
+      bad_range = [i for i in items if not _INT64.min <= int(i) <= _INT64.max]
+      if bad_range:
+        raise ValueError(f"ids out of the int64 range: {_show(bad_range)}.")
+      return np.asarray([int(i) for i in items], np.int64)
+    ids = np.asarray(items, dtype=object) if items else np.zeros(0, np.int64)
+  if ids.ndim > 1:
+    raise ValueError(f"ids must be one-dimensional, got an array of shape {ids.shape}.")
+  ids = ids.reshape(-1)
+  kind = ids.dtype.kind
+  if kind == "i":
+    return ids.astype(np.int64)
+  if kind == "u":
+    if ids.size and ids.max() > _INT64.max:
+      raise ValueError(f"ids out of the int64 range: {_show(ids[ids > _INT64.max])}.")
+    return ids.astype(np.int64)
+  if kind == "b":
+    raise TypeError("ids must be integers, got a boolean array; to select by mask use ds.ids[mask].")
+  bad = [i for i in ids.tolist() if type(i) is not int and not (isinstance(i, np.integer) and not isinstance(i, np.bool_))]
+  if bad or kind != "O":
+    shown = bad if bad else ids.tolist()
+    hint = (" (cast deliberately, e.g. ids.astype(int), if these are ids)"
+            if all(isinstance(v, (float, np.floating)) for v in shown) else "")
+    raise TypeError(f"ids must be integers; got non-integer entries: {_show(shown)}{hint}.")
+  return as_ids(list(ids))
+
+
+def _show(values, limit: int = 10) -> str:
+  values = list(values)
+  return ", ".join(repr(v) if isinstance(v, (str, bytes)) else str(v) for v in values[:limit]) + (
+      f" (and {len(values) - limit} more)" if len(values) > limit else "")
+
+
 def check_ids(ds: Dataset, ids: Sequence[int] | np.ndarray) -> np.ndarray:
-  """Validates explicit ids: returns them sorted and unique; raises ``ValueError`` if unknown or empty."""
-  ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+  """Validates explicit ids (integers only, see ``as_ids``): returns them sorted and unique;
+  raises ``ValueError`` if unknown or empty."""
+  ids = np.unique(as_ids(ids))
   if ids.size == 0:
     raise ValueError("the forget set is empty: give at least one id.")
   ds.positions(ids)  # raises on unknown ids
@@ -371,19 +444,55 @@ def parse_forget(spec: str, ds: Dataset, *, seed: int) -> np.ndarray:
   raise ValueError(f"unknown forget spec {spec!r}; expected class:K[,K...], random:FRACTION or ids:FILE.")
 
 
+_ID_TOKEN = re.compile(r"[+-]?[0-9]+")
+
+
+def parse_id_tokens(tokens: Sequence[str], where: Sequence[str]) -> np.ndarray:
+  """Parses textual ids: each token must be ASCII digits with an optional sign (``"1_9"``,
+  ``"3.0"``, ``"1e3"`` and non-ASCII digits are refused). ``where[i]`` names token ``i`` in errors."""
+  out = []
+  for token, place in zip(tokens, where):
+    if not _ID_TOKEN.fullmatch(token):
+      raise ValueError(f"{place}: expected an integer id, got {token!r}.")
+    value = int(token)
+    if not _INT64.min <= value <= _INT64.max:
+      raise ValueError(f"{place}: id {token} is out of the int64 range.")
+    out.append(value)
+  return np.asarray(out, dtype=np.int64)
+
+
 def read_ids_file(path: str) -> np.ndarray:
-  """Reads one integer id per line; raises ``ValueError`` naming a malformed line."""
-  ids = []
-  with open(path) as f:
-    for lineno, line in enumerate(f, 1):
-      text = line.split("#", 1)[0].strip()
-      if not text:
-        continue
-      try:
-        ids.append(int(text))
-      except ValueError:
-        raise ValueError(f"{path}:{lineno}: expected one integer id per line, got {text!r}.") from None
-  return np.asarray(ids, dtype=np.int64)
+  """Reads one integer id per line (blank lines and ``#`` comments ignored).
+
+  The file is UTF-8 text, with or without a byte-order mark; UTF-16 with a byte-order mark is
+  decoded too. Anything else (a directory, binary data, another encoding, a malformed line) raises
+  ``ValueError`` naming the file and line.
+  """
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except IsADirectoryError:
+    raise ValueError(f"{path} is a directory, not a file of ids.") from None
+  except FileNotFoundError:
+    raise ValueError(f"{path}: no such file of ids.") from None
+  except PermissionError:
+    raise ValueError(f"{path}: permission denied reading the file of ids.") from None
+  if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+    encoding = "utf-16"
+  else:
+    encoding = "utf-8-sig"
+  try:
+    text = raw.decode(encoding)
+  except UnicodeDecodeError as err:
+    raise ValueError(f"{path} is not UTF-8 text (byte {err.start} cannot be decoded); write one integer id per "
+                     "line as plain text.") from None
+  tokens, where = [], []
+  for lineno, line in enumerate(text.splitlines(), 1):
+    token = line.split("#", 1)[0].strip()
+    if token:
+      tokens.append(token)
+      where.append(f"{path}:{lineno}")
+  return parse_id_tokens(tokens, where)
 
 
 # --------------------------------------------------------------------------------------------

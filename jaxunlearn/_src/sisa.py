@@ -416,6 +416,8 @@ class SISA:
     trained ensemble (``forget`` changes one; delete the directory to start over).
     """
     c = self.config
+    if exclude_ids is not None:
+      exclude_ids = data_lib.as_ids(exclude_ids)
     with self._locked():
       if os.path.exists(self._path("manifest.json")):
         raise FileExistsError(f"{self.directory} already holds a trained SISA ensemble.")
@@ -465,7 +467,7 @@ class SISA:
       ValueError: an empty request, or ids not in the plan (listed; nothing is changed).
       CheckpointError: a checkpoint needed is missing or corrupted (named).
     """
-    request = np.unique(np.asarray(list(ids), np.int64))
+    request = np.unique(data_lib.as_ids(ids))
     if request.size == 0:
       raise ValueError("forget got no ids.")
     with self._locked():

@@ -102,10 +102,8 @@ def run(args) -> int:
 
 
 def _parse_ids(text: str) -> np.ndarray:
-  try:
-    return np.array([int(t) for t in text.split(",") if t.strip()], np.int64)
-  except ValueError:
-    raise ValueError(f"--ids must be comma-separated integers, got {text!r}.") from None
+  tokens = [t.strip() for t in text.split(",") if t.strip()]
+  return data_lib.parse_id_tokens(tokens, [f"--ids entry {i + 1}" for i in range(len(tokens))])
 
 
 def _status(console, job: sisa.SISA, test: data_lib.Dataset) -> int:

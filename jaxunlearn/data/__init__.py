@@ -3,6 +3,7 @@
 from jaxunlearn._src.data import Dataset
 from jaxunlearn._src.data import EMBEDDED_DATASETS
 from jaxunlearn._src.data import Splits
+from jaxunlearn._src.data import as_ids
 from jaxunlearn._src.data import batches
 from jaxunlearn._src.data import check_ids
 from jaxunlearn._src.data import class_ids
@@ -20,6 +21,7 @@ __all__ = (
     "Dataset",
     "EMBEDDED_DATASETS",
     "Splits",
+    "as_ids",
     "batches",
     "check_ids",
     "class_ids",
