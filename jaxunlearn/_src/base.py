@@ -39,6 +39,26 @@ def path_str(path: tuple) -> str:
   return "/".join(parts)
 
 
+def varying_axes(aval: Any) -> frozenset:
+  """The ``shard_map``/``pmap`` axes over which a value of type ``aval`` varies (empty outside)."""
+  vma = getattr(aval, "vma", None)  # jax < 0.9 named them ``vma``
+  if vma is None:
+    vma = getattr(getattr(aval, "manual_axis_type", None), "varying", None)
+  return frozenset(vma or ())
+
+
+def vary(x: jax.Array, axes) -> jax.Array:
+  """``x`` marked as varying over ``axes`` inside ``shard_map``/``pmap`` (a no-op elsewhere).
+
+  A replicated (unvarying) value differentiated against a varying loss gets its gradient summed
+  over the devices (the transpose of the implicit broadcast is a ``psum``): per-example gradients
+  of replicated parameters would mix the examples of every device. Marked varying, each device
+  differentiates its own examples only, and sums are reduced explicitly afterwards.
+  """
+  missing = tuple(a for a in axes if a not in varying_axes(jax.typeof(x)))
+  return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+
 def check_same_structure(reference: Any, other: Any, *, ref_name: str, other_name: str) -> None:
   """Raises ``ValueError`` unless ``other`` has the pytree structure and leaf shapes of ``reference``."""
   ref_def = jax.tree_util.tree_structure(reference)

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
-from jaxunlearn._src.base import path_str
+from jaxunlearn._src.base import path_str, vary, varying_axes
 
 _INLINE = {"pjit", "jit", "closed_call", "core_call"}
 _ALIAS = {"broadcast_in_dim", "reshape"}
@@ -220,7 +220,9 @@ def _confirm_example_axis(total, flat_p, flat_c, eqns, found):
   that axis (and only it) must grow by one. A program whose structure changes keeps none."""
   if not found:
     return found
-  bigger = [jax.ShapeDtypeStruct((jnp.shape(c)[0] + 1,) + tuple(jnp.shape(c)[1:]), jnp.result_type(c)) for c in flat_c]
+  # One more example, as arrays rather than shapes so that they keep every attribute of the type
+  # (inside shard_map, the axes they vary over); only their shapes are traced, nothing is computed.
+  bigger = [jnp.concatenate([c, c[:1]]) for c in flat_c]
   eqns2 = _flatten(jax.make_jaxpr(total)(flat_p, bigger))[0]
   if len(eqns2) != len(eqns):
     return {}
@@ -330,7 +332,10 @@ def squared_grad_sum(loss_fn, params, chunk) -> Any:
   batch = int(jnp.shape(flat_c[0])[0])
   out = [None] * len(flat_p)
   if found:
-    sites = {i: jnp.zeros(eqns[i].out_avals[0].shape, eqns[i].out_avals[0].dtype) for _, i, _, _ in found.values()}
+    # Inside shard_map a site varies over the devices' axes like its activation: an unvarying
+    # perturbation would have its cotangent summed over devices.
+    sites = {i: vary(jnp.zeros(eqns[i].out_avals[0].shape, eqns[i].out_avals[0].dtype),
+                     varying_axes(eqns[i].out_avals[0])) for _, i, _, _ in found.values()}
     record = {i: (0 if kind in ("dense", "rows") else n_in) for kind, i, n_in, _ in found.values()
               if kind in ("dense", "rows", "scale")}
 

@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxunlearn._src import fastfisher
 from jaxunlearn._src.microbatch import batch_grad, check_micro_batch
-from jaxunlearn._src.base import LossFn, Params, example_count
+from jaxunlearn._src.base import LossFn, Params, example_count, vary
 
 
 def _zeros_f32(params: Params) -> Params:
@@ -29,17 +29,59 @@ def _add_sq(acc: Params, grads: Params, axis: int | None) -> Params:
   return jax.tree_util.tree_map(leaf, acc, grads)
 
 
-def _unshard_leading(x: jax.Array) -> jax.Array:
-  """Gathers an array whose leading axis is explicitly sharded (``lax.scan`` cannot scan over it)."""
+def _axes(axis_name) -> tuple[str, ...]:
+  return tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (axis_name,)
+
+
+def _explicit_example_axes(data) -> tuple[Any, tuple[str, ...]] | None:
+  """``(mesh, axes)`` when a data leaf's example axis is sharded over mesh axes of explicit type."""
+  for x in jax.tree_util.tree_leaves(data):
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    spec, mesh = getattr(sharding, "spec", None), getattr(sharding, "mesh", None)
+    if spec is None or mesh is None or not len(spec) or spec[0] is None:
+      continue
+    axes = _axes(spec[0])
+    types = dict(zip(mesh.axis_names, mesh.axis_types))
+    if all(types.get(a) == jax.sharding.AxisType.Explicit for a in axes):
+      return mesh, axes
+  return None
+
+
+def _replicated(x: jax.Array) -> jax.Array:
+  """``x`` gathered onto every device when it is sharded with explicit axis types."""
   sharding = getattr(jax.typeof(x), "sharding", None)
   spec = getattr(sharding, "spec", None)
-  if spec is not None and len(spec) and spec[0] is not None and getattr(sharding, "mesh", None) is not None:
-    return jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec(*([None] * x.ndim))))
+  if spec is not None and any(s is not None for s in spec) and getattr(sharding, "mesh", None) is not None:
+    return jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec()))
   return x
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "batch_size", "per_example", "axis_name", "unroll", "method", "micro_batch"))
 def _fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, unroll, method="decompose", micro_batch=None):
+  local = functools.partial(_local_fisher, loss_fn, batch_size=batch_size, per_example=per_example, unroll=unroll,
+                            method=method, micro_batch=micro_batch)
+  explicit = _explicit_example_axes(data) if axis_name is None else None
+  if explicit is not None:
+    # The example axis is sharded over explicit mesh axes: every device sums its own examples
+    # (shard_map), then the sums are reduced. Per-batch Fisher needs every minibatch on one device.
+    mesh, axes = explicit
+    devices = int(np.prod([dict(zip(mesh.axis_names, mesh.axis_sizes))[a] for a in axes]))
+    n = example_count(data, name="data")
+    if n % devices == 0 and (per_example or (n // devices) % batch_size == 0):
+      lead = axes if len(axes) > 1 else axes[0]
+      data = jax.tree_util.tree_map(
+          lambda x: jax.sharding.reshard(x, NamedSharding(mesh, PartitionSpec(lead))), data)
+      params = jax.tree_util.tree_map(_replicated, params)
+      return jax.shard_map(functools.partial(local, axis_name=axes), mesh=mesh,
+                           in_specs=(PartitionSpec(), PartitionSpec(lead)), out_specs=PartitionSpec())(params, data)
+    # Otherwise minibatches straddle devices: gather the data (every device computes it all).
+    data = jax.tree_util.tree_map(_replicated, data)
+  return local(params, data, axis_name=None if axis_name is None else _axes(axis_name))
+
+
+def _local_fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, unroll, method, micro_batch):
+  if axis_name is not None:
+    params = jax.tree_util.tree_map(lambda p: vary(p, axis_name), params)
   n = example_count(data, name="data")
   n_full, rem = divmod(n, batch_size)
 
@@ -63,8 +105,10 @@ def _fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, unroll
 
   if rem:
     # Slicing an explicitly sharded axis unevenly is not allowed: gather such data first.
-    data = jax.tree_util.tree_map(_unshard_leading, data)
+    data = jax.tree_util.tree_map(_replicated, data)
   acc = _zeros_f32(params)
+  if axis_name is not None:
+    acc = jax.tree_util.tree_map(lambda a: vary(a, axis_name), acc)
   if n_full:
     head = jax.tree_util.tree_map(lambda x: x[: n_full * batch_size], data)
     if per_example:
@@ -76,7 +120,7 @@ def _fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, unroll
     else:
       # Minibatches must be contiguous (parity with the original SSD code).
       chunks = jax.tree_util.tree_map(
-          lambda x: _unshard_leading(x.reshape((n_full, batch_size) + x.shape[1:])), head
+          lambda x: _replicated(x.reshape((n_full, batch_size) + x.shape[1:])), head
       )
     acc, _ = jax.lax.scan(lambda a, c: (chunk_stat(a, c), None), acc, chunks, unroll=unroll)
   if rem:
@@ -85,7 +129,7 @@ def _fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, unroll
   count = jnp.float32(n if per_example else n_full + (1 if rem else 0))
   if axis_name is not None:
     acc = jax.lax.psum(acc, axis_name)
-    count = jax.lax.psum(count, axis_name)
+    count = jax.lax.psum(vary(count, axis_name), axis_name)
   return jax.tree_util.tree_map(lambda a, p: (a / count).astype(jnp.asarray(p).dtype), acc, params)
 
 
@@ -118,9 +162,14 @@ def fisher_diagonal(
   memory stays bounded for large data. Squares accumulate in float32; the result has the dtype of
   each parameter. Under ``pmap``, pass ``axis_name``: every device computes sums over its local
   data and the result is ``psum(sums) / psum(counts)``, the same as one device holding all data.
-  Under ``jit`` with data sharded over a ``Mesh``, call it as is: with ``per_example=True`` and
-  ``n`` a multiple of ``batch_size``, every chunk stays spread over the devices; otherwise data
-  whose example axis is sharded with explicit axis types is gathered first.
+  The same holds inside ``shard_map`` with replicated parameters (``in_specs=(P(), P("data"))``):
+  parameters are marked as varying over ``axis_name`` so that each device differentiates its own
+  examples (an unvarying parameter's gradient would be summed over the devices).
+  Under ``jit`` with data sharded over a ``Mesh``, call it as is, without ``axis_name``. With
+  explicit axis types (``jax.make_mesh``'s default) every device sums its own examples in a
+  ``shard_map`` whenever the shards divide evenly (and, for ``per_example=False``, every minibatch
+  lies on one device); otherwise the data are gathered first. With auto axis types the compiler
+  partitions the pass.
 
   Args:
     loss_fn: ``loss(params, batch) -> scalar`` giving the *mean* loss of a batch (it is called on
@@ -129,7 +178,7 @@ def fisher_diagonal(
     data: pytree of arrays sharing a leading example axis, e.g. ``{"x": x, "y": y}``.
     batch_size: examples per chunk (per minibatch when ``per_example=False``).
     per_example: squared per-example gradients (True) or squared minibatch gradients (False).
-    axis_name: the ``pmap``/``shard_map`` axis to reduce over, if any.
+    axis_name: the ``pmap``/``shard_map`` axis (or tuple of axes) to reduce over, if any.
     unroll: passed to ``lax.scan``. ``True`` unrolls the loop: XLA:CPU runs ``lax.conv``
       convolutions ~30x slower inside a rolled loop. The reference CNN computes its convolutions
       as matmuls and is fastest rolled (the default).
