@@ -74,9 +74,19 @@ def _sisa_parser(sub) -> None:
   group = f.add_mutually_exclusive_group(required=True)
   group.add_argument("--ids", help="comma-separated ids, e.g. 3,17,42")
   group.add_argument("--ids-file", help="file with one id per line")
+  r = ops.add_parser("repair", help="rebuild the live state from intact checkpoints, keeping every ledger deletion",
+                     description="Rebuilds a missing, corrupted or outdated manifest and retrains damaged checkpoints "
+                                 "from the last intact stage (from scratch if none); every id in the ledger stays "
+                                 "forgotten.")
+  r.add_argument("--dir", required=True)
+  for writer in (t, f, r):
+    writer.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                        help="give up if another writer holds the directory's lock this long (default: wait, "
+                             "saying who holds it)")
   for name, text in (("status", "plan, ledger and ensemble accuracy"),
-                     ("digest", "one sha256 per shard of its final parameters"),
-                     ("verify", "retrain the affected shards from scratch and compare bit for bit")):
+                     ("digest", "one sha256 per shard of its final parameters, read from disk"),
+                     ("verify", "check every live checkpoint on disk, retrain the affected shards from scratch "
+                                "and compare bit for bit")):
     ops.add_parser(name, help=text).add_argument("--dir", required=True)
 
 
@@ -88,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   _score_parser(sub)
   _sisa_parser(sub)
   args = parser.parse_args(argv)
-  from jaxunlearn._src.sisa import CheckpointError
+  from jaxunlearn._src.sisa import CheckpointError, LockTimeout
 
   try:
     if args.command == "demo":
@@ -99,11 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       from jaxunlearn._src import sisa_cli
 
       return sisa_cli.run(args)
-  except (ValueError, FileExistsError, CheckpointError) as err:
+  except (ValueError, TypeError, FileExistsError, FileNotFoundError, CheckpointError, LockTimeout) as err:
     print(f"jaxunlearn {args.command}: error: {err}", file=sys.stderr)
     return 2
-  except FileNotFoundError as err:
-    print(f"jaxunlearn {args.command}: error: {err}", file=sys.stderr)
+  except OSError as err:  # unwritable directory, full disk, a file where a directory should be, ...
+    where = f" ({err.filename})" if err.filename else ""
+    print(f"jaxunlearn {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
     return 2
   parser.error(f"unknown command {args.command!r}")
   return 2

@@ -83,7 +83,7 @@ def is_concrete(tree: Any) -> bool:
   return not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree))
 
 
-def check_finite(tree: Any, *, name: str) -> None:
+def check_finite(tree: Any, *, name: str, hint: str = "") -> None:
   """Raises ``ValueError`` naming the first leaf of ``tree`` with a NaN or infinity.
 
   Only concrete values are checked; under ``jit`` the check is skipped (no host callback is made).
@@ -93,7 +93,8 @@ def check_finite(tree: Any, *, name: str) -> None:
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
     # NumPy, not jnp: inside a trace even a concrete constant's jnp result would be staged out.
     if not np.all(np.isfinite(np.asarray(leaf, dtype=np.float32))):
-      raise ValueError(f"{name} has non-finite values (NaN or inf) in leaf {path_str(path)!r}.")
+      raise ValueError(f"{name} has non-finite values (NaN or inf) in leaf {path_str(path)!r}"
+                       + (f": {hint}." if hint else "."))
 
 
 def check_positive(value: Any, *, name: str) -> None:

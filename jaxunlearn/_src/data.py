@@ -48,6 +48,13 @@ class Dataset:
       )
     if len(np.unique(self.ids)) != n:
       raise ValueError("example ids must be unique within a dataset.")
+    y = np.asarray(self.y)
+    if not np.issubdtype(y.dtype, np.integer):
+      raise ValueError(f"labels y must be integers, got dtype {y.dtype}.")
+    if n and (y.min() < 0 or y.max() >= self.num_classes):
+      bad = np.unique(y[(y < 0) | (y >= self.num_classes)])
+      raise ValueError(f"labels {bad[:10].tolist()} are out of range for num_classes={self.num_classes} "
+                       f"(classes 0..{self.num_classes - 1}).")
 
   def __len__(self) -> int:
     return len(self.x)

@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxunlearn._src import fastfisher
 from jaxunlearn._src.microbatch import batch_grad, check_micro_batch
-from jaxunlearn._src.base import LossFn, Params, example_count, vary
+from jaxunlearn._src.base import LossFn, Params, check_finite, example_count, vary
 
 
 def _zeros_f32(params: Params) -> Params:
@@ -198,6 +198,10 @@ def fisher_diagonal(
   Returns:
     A pytree shaped like ``params``: the diagonal Fisher, non-negative.
 
+  Raises:
+    ValueError: bad arguments, no examples, or (when called outside ``jit``) a non-finite result,
+      e.g. from a label out of range (the library's losses make such a gradient NaN, not zero).
+
   Example:
     >>> import jax.numpy as jnp
     >>> import jaxunlearn
@@ -218,7 +222,7 @@ def fisher_diagonal(
       raise ValueError("micro_batch applies to per_example=False; with per_example=True lower batch_size "
                        "instead (it only bounds how many per-example gradients exist at once).")
     micro_batch = check_micro_batch(micro_batch)
-  return _fisher(
+  out = _fisher(
       loss_fn,
       params,
       data,
@@ -229,3 +233,7 @@ def fisher_diagonal(
       method=method,
       micro_batch=micro_batch,
   )
+  # A NaN loss or gradient (an out-of-range label, a non-finite input) must not pass for a Fisher.
+  check_finite(out, name="the Fisher diagonal", hint="the loss or its gradient is NaN/inf on some example: "
+               "check that labels are in range and inputs finite")
+  return out

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxunlearn._src.base import ApplyFn, Batch, LossFn, Params, PRNGKey
+from jaxunlearn._src.base import ApplyFn, Batch, LossFn, Params, PRNGKey, is_concrete
 
 
 def masked_mean(values: jax.Array, batch: Batch) -> jax.Array:
@@ -21,6 +22,41 @@ def masked_mean(values: jax.Array, batch: Batch) -> jax.Array:
     return jnp.mean(values)
   mask = mask.astype(values.dtype)
   return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def _checked_labels(y: jax.Array, num_classes: int, batch: Batch) -> jax.Array:
+  """``y`` as int32 after checking it against the model's ``num_classes`` outputs.
+
+  Concrete labels out of ``[0, num_classes)`` raise ``ValueError`` (the bad values named). Traced
+  ones cannot raise: the returned labels are then poisoned so that such an example's loss *and its
+  gradient* are NaN (a gather out of range would give a NaN loss but a zero gradient: a silently
+  all-zero Fisher). Examples with ``mask`` 0 (padding) are not checked.
+  """
+  y = jnp.asarray(y)
+  if not jnp.issubdtype(y.dtype, jnp.integer):
+    raise ValueError(f"labels must be integers, got dtype {y.dtype}.")
+  mask = batch.get("mask") if hasattr(batch, "get") else None
+  if is_concrete((y, mask)):
+    yy = np.asarray(y)
+    live = np.ones(yy.shape, bool) if mask is None else np.asarray(mask) != 0
+    bad = np.unique(yy[live & ((yy < 0) | (yy >= num_classes))])
+    if bad.size:
+      raise ValueError(f"labels {bad[:10].tolist()} are out of range for a model with {num_classes} outputs "
+                       f"(classes 0..{num_classes - 1}).")
+  return y.astype(jnp.int32)
+
+
+def _label_nll(logp: jax.Array, y: jax.Array, batch: Batch) -> jax.Array:
+  """Per-example ``-logp[y]``; NaN, with NaN gradient, for a live example whose label is out of range."""
+  num_classes = logp.shape[-1]
+  y = _checked_labels(y, num_classes, batch)
+  mask = batch.get("mask") if hasattr(batch, "get") else None
+  bad = (y < 0) | (y >= num_classes)
+  if mask is not None:
+    bad = bad & (mask != 0)
+  nll = -jnp.take_along_axis(logp, jnp.clip(y, 0, num_classes - 1)[:, None], axis=-1)[:, 0]
+  # A factor 1 leaves a valid example's loss and gradient bit for bit; NaN poisons both.
+  return nll * jnp.where(bad, jnp.nan, 1.0).astype(nll.dtype)
 
 
 def _log_softmax(apply_fn: ApplyFn, params: Params, x: jax.Array) -> jax.Array:
@@ -46,8 +82,7 @@ def cross_entropy_loss(apply_fn: ApplyFn) -> LossFn:
 
   def loss(params: Params, batch: Batch) -> jax.Array:
     logp = _log_softmax(apply_fn, params, batch["x"])
-    nll = -jnp.take_along_axis(logp, batch["y"][:, None].astype(jnp.int32), axis=-1)[:, 0]
-    return masked_mean(nll, batch)
+    return masked_mean(_label_nll(logp, batch["y"], batch), batch)
 
   return loss
 
@@ -73,7 +108,8 @@ def random_label_loss(apply_fn: ApplyFn, num_classes: int, *, key: PRNGKey) -> L
     ids = batch["ids"].astype(jnp.uint32)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
     offset = jax.vmap(lambda k: jax.random.randint(k, (), 0, num_classes - 1))(keys)
-    target = (batch["y"].astype(jnp.int32) + 1 + offset) % num_classes
+    y = _checked_labels(batch["y"], num_classes, batch)
+    target = (y + 1 + offset) % num_classes
     logp = _log_softmax(apply_fn, params, batch["x"])
     nll = -jnp.take_along_axis(logp, target[:, None], axis=-1)[:, 0]
     return masked_mean(nll, batch)

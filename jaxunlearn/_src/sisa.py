@@ -13,12 +13,27 @@ that went into them, so a prefix of stages untouched by a request is reused as i
 
 Directory layout::
 
-  D/config.json      hyper-parameters, data fingerprint, plan seed, backend and device count
+  D/config.json      hyper-parameters, data fingerprint, plan digest, ids excluded at training,
+                     backend, device count and jax version; sealed by its own sha256 (an edit is
+                     refused, never silently trained with)
   D/plan.npz         ids -> (shard, slice)
   D/manifest.json    the live state: forgotten ids, every shard's checkpoint per stage and its
                      digest, the requests so far (replaced atomically: write, fsync, rename)
-  D/ledger.jsonl     append-only, fsynced log of requests (reconciled from the manifest)
-  D/ckpt/shard_K/stage_R_HASH/   orbax checkpoints;  D/.lock   the lock serialising writers
+  D/ledger.jsonl     append-only, fsynced log of deletion requests: the record of what was
+                     promised. Every id in it stays forgotten: a manifest that lacks one (an older
+                     copy restored) is refused until ``repair``
+  D/ckpt/shard_K/stage_R_HASH/   orbax checkpoints (+ ``.sha256`` records of every file)
+  D/.lock            held by the writer (train, forget, repair); says who holds it and since when
+  D/.switch          held exclusively while the manifest is switched and old checkpoints are
+                     swept, shared by readers: a reader never sees a checkpoint vanish
+
+Commit protocol of ``forget``: retrain into new content-addressed checkpoints (the old state stays
+live), switch the manifest (the commit), append the ledger record, sweep the checkpoints the
+manifest no longer references. A crash or an error after the commit leaves "committed; cleanup
+pending": the next command of any kind (status, digest, verify, forget, repair, reading the
+models) appends the missing ledger records and sweeps, and warns while unreferenced checkpoints
+(possibly holding forgotten ids) remain. Entries under ``ckpt/`` that jaxunlearn did not write are
+never touched (``status`` lists them).
 """
 
 from __future__ import annotations
@@ -29,9 +44,15 @@ import datetime
 import fcntl
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
+import socket
+import sys
 import time
+import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,12 +64,29 @@ from jaxunlearn._src import data as data_lib
 from jaxunlearn._src import lanes
 from jaxunlearn._src.base import ApplyFn, LossFn, Params, path_str
 
-FORMAT = 1
+FORMAT = 2
 Progress = Callable[[str, int, int], None]
+_SHARD_DIR = re.compile(r"shard_([0-9]{3,})")
+# What jaxunlearn writes in a shard directory: a checkpoint, its integrity record, their temporaries.
+_OWNED = re.compile(r"(stage_[0-9]+_[0-9a-f]{20})(\.sha256(\.tmp[0-9]+)?|\.orbax-checkpoint-tmp.*)?")
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint of a SISA directory is missing or corrupted (the message names it)."""
+  """A file of a SISA directory is missing, corrupted or inconsistent (the message names it)."""
+
+
+class LockTimeout(RuntimeError):
+  """Another process holds the directory's writer lock (the message says who, and since when)."""
+
+
+class SisaWarning(UserWarning):
+  """Something on disk needs attention: cleanup pending after a commit, unreferenced checkpoints
+  that may hold forgotten ids, entries jaxunlearn does not own."""
+
+
+def _fault(point: str) -> None:
+  """Fault-injection hook: called at every step of the commit protocols; the fault-injection tests
+  replace it to stop the process at ``point``. Does nothing otherwise."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +124,16 @@ class SisaConfig:
   def validate(self) -> None:
     for name in ("shards", "slices", "epochs", "batch_size"):
       value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or value < 1:
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"SISA {name} must be a positive integer, got {value!r}.")
+    if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+      raise ValueError(f"SISA seed must be a non-negative integer, got {self.seed!r}.")
     if self.strategy not in ("auto",) + lanes.STRATEGIES:
       raise ValueError(f"unknown strategy {self.strategy!r}; expected auto, vmap or sequential.")
+    lr = self.learning_rate
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating, np.integer))
+                           or not math.isfinite(lr) or lr <= 0):
+      raise ValueError(f"SISA learning_rate must be a finite number > 0, got {lr!r}.")
 
 
 def plan(ids: np.ndarray, *, shards: int, slices: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +177,67 @@ def _file_digests(root: str) -> dict[str, str]:
       with open(full, "rb") as f:
         out[os.path.relpath(full, root)] = hashlib.sha256(f.read()).hexdigest()
   return dict(sorted(out.items()))
+
+
+def _canonical(obj: Any) -> str:
+  return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _seal(config: dict) -> dict:
+  """``config`` with its ``digest``: the sha256 of everything else in it."""
+  body = {k: v for k, v in config.items() if k != "digest"}
+  return {**body, "digest": hashlib.sha256(_canonical(body).encode()).hexdigest()}
+
+
+def _file_sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+_CONFIG_KEYS = ("format", "sisa", "data", "plan", "excluded_at_train", "resolved_strategy", "backend", "devices",
+                "jax", "digest")
+
+
+def read_config(directory: str) -> dict | None:
+  """The validated ``config.json`` of a SISA directory, or ``None`` if there is none yet.
+
+  Raises:
+    ValueError: ``directory`` exists and is not a directory.
+    CheckpointError: the file is unreadable, not JSON, incomplete, or was edited after training
+      (its digest does not match): the checkpoints were trained with the original settings.
+  """
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    raise ValueError(f"{directory} is a file, not a SISA directory.")
+  path = os.path.join(directory, "config.json")
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except FileNotFoundError:
+    return None
+  except OSError as err:
+    raise CheckpointError(f"{path} cannot be read: {err.strerror or err}.") from None
+  try:
+    config = json.loads(raw.decode("utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    raise CheckpointError(f"{path} is corrupted (not valid JSON: {err}); restore it from a backup.") from None
+  if not isinstance(config, dict) or config.get("format") != FORMAT:
+    found = config.get("format") if isinstance(config, dict) else None
+    raise CheckpointError(f"{path} has format {found!r}, expected {FORMAT} (written by another jaxunlearn "
+                          "version, or not a SISA config).")
+  missing = [k for k in _CONFIG_KEYS if k not in config]
+  if missing:
+    raise CheckpointError(f"{path} is incomplete (missing {', '.join(missing)}); restore it from a backup.")
+  if _seal(config)["digest"] != config["digest"]:
+    raise CheckpointError(
+        f"{path} was modified after training (its digest does not match its content): the checkpoints were "
+        "trained with the original settings, so forget would retrain with different ones and stop being exact. "
+        "Restore the original file; to train with other settings, use a new directory.")
+  try:
+    SisaConfig(**config["sisa"]).validate()
+  except (TypeError, ValueError) as err:
+    raise CheckpointError(f"{path} holds an invalid SISA configuration: {err}") from None
+  return config
 
 
 def _fsync_write(path: str, text: str) -> None:
@@ -199,7 +304,7 @@ class SISA:
     self.directory = os.path.abspath(directory)
     self.data = data
     self.init_fn, self.apply_fn, self.loss_fn, self.optimizer = init_fn, apply_fn, loss_fn, optimizer
-    stored = self._stored = self._read_config()
+    stored = self._stored = read_config(self.directory)
     if config is None:
       if stored is None:
         raise FileNotFoundError(f"{self.directory} is not a SISA directory (no config.json); train one first.")
@@ -217,39 +322,124 @@ class SISA:
   def _path(self, *parts: str) -> str:
     return os.path.join(self.directory, *parts)
 
-  def _read_config(self) -> dict | None:
-    try:
-      with open(self._path("config.json")) as f:
-        return json.load(f)
-    except FileNotFoundError:
-      return None
-
   def _read_manifest(self) -> dict:
     path = self._path("manifest.json")
     try:
       with open(path) as f:
         manifest = json.load(f)
     except FileNotFoundError:
-      raise FileNotFoundError(f"{path} is missing: the directory was never fully trained (run train).") from None
-    except json.JSONDecodeError as err:
-      raise CheckpointError(f"{path} is corrupted: {err}") from None
-    if manifest.get("format") != FORMAT:
-      raise CheckpointError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT}.")
+      if self._read_ledger() or self._owned_entries()[0]:
+        raise CheckpointError(
+            f"{path} is missing, but the directory holds checkpoints and/or a ledger of deletions. Do not retrain "
+            "it blindly: run `jaxunlearn sisa repair` (SISA.repair()), which rebuilds the manifest from the "
+            "checkpoints that are intact and keeps every id of the ledger forgotten.") from None
+      raise FileNotFoundError(f"{path} is missing: the directory was never fully trained (run train, which "
+                              "resumes from the checkpoints already written).") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+      raise CheckpointError(f"{path} is corrupted: {err}. Run `jaxunlearn sisa repair` to rebuild it.") from None
+    except OSError as err:
+      raise CheckpointError(f"{path} cannot be read: {err.strerror or err}.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+      found = manifest.get("format") if isinstance(manifest, dict) else None
+      raise CheckpointError(f"{path} has format {found!r}, expected {FORMAT}.")
+    keys = ("forgotten", "stages", "final", "requests", "train_steps", "train_seconds")
+    shards = [str(k) for k in range(self.config.shards)]
+    if any(k not in manifest for k in keys) or any(k not in manifest["stages"] or k not in manifest["final"]
+                                                   for k in shards):
+      raise CheckpointError(f"{path} is incomplete or does not match config.json's {self.config.shards} shards; "
+                            "run `jaxunlearn sisa repair` to rebuild it.")
     return manifest
 
+  def _live_manifest(self) -> dict:
+    """The manifest, checked against the ledger: every id the ledger promised is forgotten in it."""
+    manifest = self._read_manifest()
+    promised = {i for r in self._read_ledger() for i in r["ids"]}
+    reverted = sorted(promised - set(manifest["forgotten"]))
+    if reverted:
+      shown = ", ".join(map(str, reverted[:20])) + (" ..." if len(reverted) > 20 else "")
+      raise CheckpointError(
+          f"{self._path('manifest.json')} does not forget {len(reverted)} id(s) that the ledger records as deleted "
+          f"({shown}): an older manifest was restored? Nothing was read or changed. Run `jaxunlearn sisa repair` "
+          "(SISA.repair()) to bring the models back in line with the ledger.")
+    return manifest
+
+  def _lock_file(self, name: str, mode: str):
+    path = self._path(name)
+    try:
+      os.makedirs(self.directory, exist_ok=True)
+      return open(path, mode)
+    except IsADirectoryError:
+      raise CheckpointError(f"{path} is a directory; it must be jaxunlearn's lock file (remove it).") from None
+    except OSError as err:
+      raise CheckpointError(f"cannot open {path}: {err.strerror or err} (is {self.directory} writable?)") from None
+
   @contextlib.contextmanager
-  def _locked(self):
-    os.makedirs(self.directory, exist_ok=True)
-    with open(self._path(".lock"), "a+") as f:
-      fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # blocks until another writer is done
+  def _locked(self, wait: float | None = None):
+    """The writer lock. ``wait``: seconds to wait for another writer (``None``: as long as it takes,
+    saying who holds it). The lock file says who holds it and since when."""
+    with self._lock_file(".lock", "a+") as f:
+      start, told = time.monotonic(), False
+      while True:
+        try:
+          fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+          break
+        except BlockingIOError:
+          holder = self._lock_holder(f)
+          if wait is not None and time.monotonic() - start >= wait:
+            raise LockTimeout(f"{self._path('.lock')} is held by {holder}; gave up after {wait:g} s. If that "
+                              "process is stopped (not just busy), resume or end it; the lock is released when "
+                              "it exits.") from None
+          if not told:
+            print(f"jaxunlearn: waiting for {self._path('.lock')}, held by {holder}", file=sys.stderr, flush=True)
+            told = True
+          time.sleep(0.05)
+      try:
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:200],
+                            "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}))
+        f.flush()
+        yield
+      finally:
+        with contextlib.suppress(OSError):
+          f.seek(0)
+          f.truncate()
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+  @staticmethod
+  def _lock_holder(f) -> str:
+    try:
+      f.seek(0)
+      info = json.loads(f.read() or "{}")
+      return (f"process {info['pid']} on {info['host']} ({info['command']!r}) since {info['since']}")
+    except (json.JSONDecodeError, KeyError, TypeError, OSError):
+      return "another process (not yet identified)"
+
+  @contextlib.contextmanager
+  def _switch(self, shared: bool):
+    """Shared by readers while they read the manifest and its checkpoints; exclusive while a writer
+    switches the manifest and sweeps, so that a reader never meets a checkpoint being deleted."""
+    with self._lock_file(".switch", "a+") as f:
+      fcntl.flock(f.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
       try:
         yield
       finally:
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
   def _plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    with np.load(self._path("plan.npz")) as z:
-      return z["ids"], z["shard"], z["slice"]
+    path = self._path("plan.npz")
+    try:
+      digest_ok = _file_sha256(path) == self._stored["plan"]
+    except OSError as err:
+      raise CheckpointError(f"{path} cannot be read: {err.strerror or err}.") from None
+    if not digest_ok:
+      raise CheckpointError(f"{path} is corrupted or was replaced (its sha256 differs from the one in config.json).")
+    try:
+      with np.load(path) as z:
+        ids, shard, slice_ = z["ids"], z["shard"], z["slice"]
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as err:
+      raise CheckpointError(f"{path} is corrupted: {type(err).__name__}: {err}") from None
+    return ids, shard, slice_
 
   @property
   def strategy(self) -> str:
@@ -341,9 +531,11 @@ class SISA:
       return None
     return state, digest(state)
 
-  def _run(self, starts: dict[int, int], forgotten: set[int], prior: dict, progress: Progress | None, save: bool):
-    """Trains the shards in ``starts`` from their start stage to the end; returns
-    ``(stages {shard: [(name, digest)] for the retrained stages}, steps, final params {shard: tree})``."""
+  def _run(self, starts: dict[int, int], forgotten: set[int], prior: dict, progress: Progress | None, save: bool,
+           report: bool = False):
+    """Trains the shards in ``starts`` from their start stage to the end, reusing any intact
+    checkpoint of the same content; returns ``(stages {shard: [(name, digest)] for the stages
+    run}, steps, final params {shard: tree})``, plus ``{shard: first stage trained}`` if ``report``."""
     c = self.config
     plan_ = self._plan()
     template = self._state_template()
@@ -358,6 +550,7 @@ class SISA:
     if self._table is None:
       self._table = lanes.table(self.data)
     stages: dict[int, list] = {k: [] for k in starts}
+    trained: dict[int, int] = {}
     steps = 0
     total = sum(c.slices - s for s in starts.values())
     done = 0
@@ -376,11 +569,14 @@ class SISA:
       if todo:
         steps += self._train_stage(todo, stage, {k: stage_ids[k] for k in todo}, states, template)
         for k in todo:
+          trained.setdefault(k, stage)
           stages[k].append((keys[k], self._save(k, keys[k], states[k]) if save else digest(states[k])))
+          _fault("run:saved")
       done += len(active)
       if progress is not None:
         progress(f"stage {stage + 1}/{c.slices}", done, total)
-    return stages, steps, {k: states[k]["params"] for k in starts}
+    final = {k: states[k]["params"] for k in starts}
+    return (stages, steps, final, trained) if report else (stages, steps, final)
 
   def _train_stage(self, shards: list[int], stage: int, stage_ids: dict, states: dict, template) -> int:
     c = self.config
@@ -407,35 +603,185 @@ class SISA:
       steps += int(schedule.active.sum())
     return steps
 
+  # -- ledger, sweep, housekeeping ---------------------------------------------------------------
+  def _read_ledger(self) -> list[dict]:
+    """The ledger's records. A torn last line (a crash mid-append) is skipped: its record is still
+    in the manifest and is appended again by the next command. A damaged line elsewhere is an error."""
+    path = self._path("ledger.jsonl")
+    try:
+      with open(path, "rb") as f:
+        raw = f.read()
+    except FileNotFoundError:
+      return []
+    except OSError as err:
+      raise CheckpointError(f"{path} cannot be read: {err.strerror or err}.") from None
+    lines = raw.split(b"\n")
+    records = []
+    for n, line in enumerate(lines, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        if not isinstance(record, dict) or not isinstance(record.get("ids"), list):
+          raise ValueError("not a request record")
+        records.append(record)
+      except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
+        if n == len(lines):  # the last line, with no newline after it: torn
+          continue
+        raise CheckpointError(f"{path}:{n} is corrupted ({err}); the ledger is the record of every deletion "
+                              "promised: restore it from a backup.") from None
+    return records
+
+  def _reconcile_ledger(self, manifest: dict) -> None:
+    """Appends (fsynced) every committed request the ledger does not hold, compared by content
+    (not by sequence number: a manifest rebuilt or restored numbers its requests afresh)."""
+    _fault("ledger:before")
+    path = self._path("ledger.jsonl")
+    logged = {_canonical(r) for r in self._read_ledger()}
+    missing = [r for r in manifest["requests"] if _canonical(r) not in logged]
+    if not missing:
+      return
+    with open(path, "a+b") as f:
+      f.seek(0, os.SEEK_END)
+      end = f.tell()
+      if end:
+        f.seek(end - 1)
+        if f.read(1) != b"\n":  # a torn last record from a crash: cut it (it is re-appended whole)
+          f.seek(0)
+          keep = f.read().rfind(b"\n") + 1
+          f.truncate(keep)
+      f.seek(0, os.SEEK_END)
+      for r in missing:
+        f.write((json.dumps(r) + "\n").encode())
+        _fault("ledger:append")
+      f.flush()
+      os.fsync(f.fileno())
+
+  def _owned_entries(self) -> tuple[list[tuple[int, str, str]], list[str]]:
+    """``([(shard, name, path)] of what jaxunlearn wrote under ckpt/, [paths of anything else])``."""
+    root = self._path("ckpt")
+    owned, strays = [], []
+    try:
+      shard_dirs = sorted(os.listdir(root))
+    except (FileNotFoundError, NotADirectoryError):
+      return owned, strays
+    for shard_dir in shard_dirs:
+      full = os.path.join(root, shard_dir)
+      m = _SHARD_DIR.fullmatch(shard_dir)
+      if m is None or not os.path.isdir(full) or int(m.group(1)) >= self.config.shards:
+        strays.append(full)
+        continue
+      for entry in sorted(os.listdir(full)):
+        e = _OWNED.fullmatch(entry)
+        if e is None:
+          strays.append(os.path.join(full, entry))
+        else:
+          owned.append((int(m.group(1)), e.group(1), os.path.join(full, entry)))
+    return owned, strays
+
+  def _unreferenced(self, manifest: dict) -> list[str]:
+    live = {(int(k), name) for k, st in manifest["stages"].items() for name, _ in st}
+    return [path for k, name, path in self._owned_entries()[0] if (k, name) not in live]
+
+  def _sweep(self, manifest: dict) -> None:
+    """Deletes the checkpoints the manifest does not reference (ones that saw forgotten ids, and
+    leftovers of interrupted runs). Entries jaxunlearn did not write are left alone."""
+    for target in self._unreferenced(manifest):
+      _fault("sweep:delete")
+      if os.path.isdir(target) and not os.path.islink(target):
+        shutil.rmtree(target)
+      else:
+        os.remove(target)
+    _fault("sweep:done")
+
+  def _finish(self, manifest: dict, what: str) -> str | None:
+    """Ledger and sweep after a commit; returns ``None``, or the "cleanup pending" message (also
+    warned) when they fail: the commit stands, and the next command finishes the job."""
+    try:
+      self._reconcile_ledger(manifest)
+      self._sweep(manifest)
+      return None
+    except Exception as err:  # anything: the commit is done and must be reported as such
+      message = (f"{what} committed; cleanup pending: {type(err).__name__}: {err}. The next jaxunlearn command on "
+                 f"{self.directory} finishes it.")
+      warnings.warn(message, SisaWarning, stacklevel=3)
+      return message
+
+  def _housekeep(self, manifest: dict) -> None:
+    """Finishes what a crash or an error after a commit left: missing ledger records, unreferenced
+    checkpoints. Runs under the writer lock when it is free (a writer at work finishes its own);
+    warns while checkpoints that may hold forgotten ids remain."""
+    logged = {_canonical(r) for r in self._read_ledger()}
+    pending = any(_canonical(r) not in logged for r in manifest["requests"]) or self._unreferenced(manifest)
+    if pending:
+      try:
+        with self._locked(wait=0), self._switch(shared=False):
+          manifest = self._read_manifest()
+          self._finish(manifest, "cleanup of an earlier request")
+      except LockTimeout:
+        pass  # a writer is at work; it sweeps when it commits
+    left = self._unreferenced(manifest)
+    if left:
+      shown = ", ".join(os.path.relpath(p, self.directory) for p in left[:5]) + (" ..." if len(left) > 5 else "")
+      warnings.warn(f"{len(left)} checkpoint file(s) under {self._path('ckpt')} are not referenced by the manifest "
+                    f"and may hold forgotten ids: {shown}. Re-run any command once the cause is fixed.",
+                    SisaWarning, stacklevel=3)
+
+  def _check_platform(self, what: str) -> None:
+    stored = self._stored
+    here = (jax.default_backend(), jax.device_count(), jax.__version__)
+    there = (stored["backend"], stored["devices"], stored["jax"])
+    if here != there:
+      raise ValueError(
+          f"{what} is exact only on the backend, device count and jax version the directory was trained with: "
+          f"{self.directory} was trained on {there[0]} with {there[1]} device(s) and jax {there[2]}; this process "
+          f"has {here[0]} with {here[1]} device(s) and jax {here[2]}. Nothing changed.")
+
   # -- public operations --------------------------------------------------------------------------
-  def train(self, *, exclude_ids: Sequence[int] | None = None, progress: Progress | None = None) -> dict:
+  def train(self, *, exclude_ids: Sequence[int] | None = None, progress: Progress | None = None,
+            wait: float | None = None) -> dict:
     """Trains every shard from scratch and writes the directory. ``exclude_ids`` are left out
-    from the start (recorded as forgotten): the reference that ``forget`` must reproduce.
+    from the start (recorded as forgotten): the reference that ``forget`` must reproduce. An
+    interrupted ``train`` resumes: checkpoints already written (same content) are reused.
 
     Returns a summary ``{"steps", "seconds", "digests"}``. Refuses a directory that already holds a
-    trained ensemble (``forget`` changes one; delete the directory to start over).
+    trained ensemble (``forget`` changes one; delete the directory to start over), and one with a
+    ledger of deletions (``repair`` rebuilds such a directory and keeps every deletion).
     """
     c = self.config
     if exclude_ids is not None:
       exclude_ids = data_lib.as_ids(exclude_ids)
-    with self._locked():
+    with self._locked(wait):
       if os.path.exists(self._path("manifest.json")):
         raise FileExistsError(f"{self.directory} already holds a trained SISA ensemble.")
+      if self._read_ledger():
+        raise FileExistsError(
+            f"{self.directory} has a ledger of deletion requests ({self._path('ledger.jsonl')}) but no manifest: "
+            "training it again would bring the deleted examples back. Run `jaxunlearn sisa repair` "
+            "(SISA.repair()) to rebuild its manifest with every ledger id forgotten.")
       excluded = set() if exclude_ids is None else set(int(i) for i in data_lib.check_ids(self.data, exclude_ids))
       if len(excluded) == len(self.data):
         raise ValueError("exclude_ids removes every example: nothing to train on.")
+      if self._stored is not None and sorted(excluded) != self._stored["excluded_at_train"]:
+        raise ValueError(f"{self.directory} holds an interrupted training run that excluded "
+                         f"{len(self._stored['excluded_at_train'])} id(s); resume it with the same exclude_ids, or "
+                         "use a new directory.")
       shard, slice_ = plan(self.data.ids, shards=c.shards, slices=c.slices, seed=c.seed)
-      np.savez(self._path("plan.npz.tmp.npz"), ids=np.asarray(self.data.ids, np.int64), shard=shard, slice=slice_)
-      os.replace(self._path("plan.npz.tmp.npz"), self._path("plan.npz"))
+      plan_path = self._path("plan.npz")
+      np.savez(plan_path + ".tmp.npz", ids=np.asarray(self.data.ids, np.int64), shard=shard, slice=slice_)
+      os.replace(plan_path + ".tmp.npz", plan_path)
+      _fault("train:plan")
       resolved = "sequential" if (c.strategy == "auto" and jax.default_backend() == "cpu") else (
           "vmap" if c.strategy == "auto" else c.strategy)
-      config = {
+      config = _seal({
           "format": FORMAT, "sisa": dataclasses.asdict(c), "data": _data_fingerprint(self.data),
+          "plan": _file_sha256(plan_path), "excluded_at_train": sorted(excluded),
           "resolved_strategy": resolved, "backend": jax.default_backend(), "devices": jax.device_count(),
           "jax": jax.__version__,
-      }
+      })
       _fsync_write(self._path("config.json"), json.dumps(config, indent=1))
       self._stored = config
+      _fault("train:config")
       t0 = time.perf_counter()
       stages, steps, final = self._run({k: 0 for k in range(c.shards)}, excluded, {}, progress, save=True)
       seconds = time.perf_counter() - t0
@@ -445,45 +791,62 @@ class SISA:
           "final": {str(k): digest(final[k]) for k in range(c.shards)},
           "train_steps": steps, "train_seconds": seconds, "requests": [],
       }
-      _fsync_write(self._path("manifest.json"), json.dumps(manifest))
-      self._sweep(manifest)
-      return {"steps": steps, "seconds": seconds, "digests": [manifest["final"][str(k)] for k in range(c.shards)]}
+      _fault("train:before_commit")
+      with self._switch(shared=False):
+        _fsync_write(self._path("manifest.json"), json.dumps(manifest))
+        _fault("train:after_commit")
+        pending = self._finish(manifest, "training")
+      return {"steps": steps, "seconds": seconds, "digests": [manifest["final"][str(k)] for k in range(c.shards)],
+              "cleanup_pending": pending}
 
   @property
   def _fingerprint(self) -> str:
     return self._stored["data"] + json.dumps(self._stored["sisa"], sort_keys=True)
 
-  def forget(self, ids: Sequence[int], *, progress: Progress | None = None) -> dict:
+  def forget(self, ids: Sequence[int], *, progress: Progress | None = None, wait: float | None = None) -> dict:
     r"""Forgets ``ids`` exactly: retrains each affected shard from the checkpoint before its
     earliest affected slice, switches to the new checkpoints atomically, logs the request.
 
     Safe to interrupt at any moment: the old state stays live until the switch, and re-running
-    the same call resumes from the checkpoints already written (verified by digest).
+    the same call resumes from the checkpoints already written (verified by digest). After the
+    switch the request is committed; if logging or sweeping then fails, the record says
+    ``"cleanup_pending"`` (and a :class:`SisaWarning` is issued) and the next command finishes it.
+
+    Args:
+      ids: integer example ids (see ``jaxunlearn.data.as_ids``).
+      progress: ``progress(stage, done, total)`` callback.
+      wait: seconds to wait for another writer's lock (``None``: wait as long as it takes).
 
     Returns the ledger record: ``{"seq", "time", "ids", "already_forgotten", "retrained"
-    {shard: first slice}, "steps", "seconds", "digest_before", "digest_after", "noop"}``.
+    {shard: first slice}, "steps", "seconds", "digest_before", "digest_after", "remaining", "noop",
+    "cleanup_pending"}``; ``remaining`` is the number of training examples left.
 
     Raises:
-      ValueError: an empty request, or ids not in the plan (listed; nothing is changed).
-      CheckpointError: a checkpoint needed is missing or corrupted (named).
+      ValueError: an empty request, ids not in the plan (listed; nothing is changed), or another
+        backend / device count / jax version than at training (exactness would be lost).
+      TypeError: ids that are not integers.
+      CheckpointError: a file needed is missing or corrupted (named; ``repair`` recovers).
+      LockTimeout: another writer held the lock longer than ``wait``.
     """
     request = np.unique(data_lib.as_ids(ids))
     if request.size == 0:
       raise ValueError("forget got no ids.")
-    with self._locked():
-      manifest = self._read_manifest()
+    with self._locked(wait):
+      self._check_platform("forget")
+      manifest = self._live_manifest()
       plan_ids, plan_shard, plan_slice = self._plan()
       unknown = request[~np.isin(request, plan_ids)]
       if unknown.size:
         shown = ", ".join(str(i) for i in unknown[:20]) + (" ..." if unknown.size > 20 else "")
         raise ValueError(f"{unknown.size} id(s) are not in the SISA plan of {self.directory}: {shown}. Nothing changed.")
+      with self._switch(shared=False):
+        self._finish(manifest, "an earlier request")  # what a crash after an earlier commit left
       forgotten = set(manifest["forgotten"])
       already = [int(i) for i in request if int(i) in forgotten]
       new = np.array([i for i in request if int(i) not in forgotten], np.int64)
-      self._reconcile_ledger(manifest)
       if new.size == 0:
-        self._sweep(manifest)
         return {"noop": True, "ids": [int(i) for i in request], "already_forgotten": already,
+                "remaining": int(len(plan_ids) - len(forgotten)),
                 "message": "every id was already forgotten; nothing to do."}
       hit = np.isin(plan_ids, new)
       starts: dict[int, int] = {}
@@ -493,8 +856,9 @@ class SISA:
       t0 = time.perf_counter()
       stages, steps, final = self._run(starts, forgotten | set(new.tolist()), prior, progress, save=True)
       seconds = time.perf_counter() - t0
+      seq = 1 + max([r.get("seq", 0) for r in manifest["requests"] + self._read_ledger()], default=0)
       record = {
-          "seq": len(manifest["requests"]) + 1,
+          "seq": seq,
           "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "ids": [int(i) for i in new], "already_forgotten": already,
           "retrained": {str(k): v for k, v in sorted(starts.items())}, "steps": steps, "seconds": seconds,
@@ -506,91 +870,179 @@ class SISA:
         manifest["final"][str(k)] = record["digest_after"][str(k)]
       manifest["forgotten"] = sorted(forgotten | set(new.tolist()))
       manifest["requests"].append(record)
-      _fsync_write(self._path("manifest.json"), json.dumps(manifest))  # the atomic switch
-      self._reconcile_ledger(manifest)
-      self._sweep(manifest)
-      return record
+      _fault("forget:before_commit")
+      with self._switch(shared=False):
+        _fsync_write(self._path("manifest.json"), json.dumps(manifest))  # the atomic switch: the commit
+        _fault("forget:after_commit")
+        pending = self._finish(manifest, f"request #{seq}")
+      return {**record, "remaining": int(len(plan_ids) - len(manifest["forgotten"])), "cleanup_pending": pending}
 
-  def _reconcile_ledger(self, manifest: dict) -> None:
-    """Appends (fsynced) every committed request the ledger does not hold yet."""
-    path = self._path("ledger.jsonl")
-    logged = 0
-    if os.path.exists(path):
-      with open(path) as f:
-        lines = f.read().splitlines()
-      for line in lines:
-        try:
-          logged = max(logged, json.loads(line)["seq"])
-        except (json.JSONDecodeError, KeyError):
-          continue  # a torn last line from a crash mid-append; the record is re-appended below
-    missing = [r for r in manifest["requests"] if r["seq"] > logged]
-    if missing:
-      with open(path, "a") as f:
-        for r in missing:
-          f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+  def repair(self, *, progress: Progress | None = None, wait: float | None = None) -> dict:
+    """Rebuilds the live state from what is intact on disk, keeping every promise in the ledger.
 
-  def _sweep(self, manifest: dict) -> None:
-    """Deletes checkpoints the manifest does not reference (e.g. ones that saw forgotten ids)."""
-    live = {(k, name) for k, st in manifest["stages"].items() for name, _ in st}
-    root = self._path("ckpt")
-    if not os.path.isdir(root):
-      return
-    for shard_dir in os.listdir(root):
-      k = str(int(shard_dir.split("_")[1]))
-      for entry in os.listdir(os.path.join(root, shard_dir)):
-        name = entry[:-len(".sha256")] if entry.endswith(".sha256") else entry
-        if (k, name) not in live:
-          target = os.path.join(root, shard_dir, entry)
-          shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+    The forgotten set is the union of the ledger's ids, the ids excluded at training and (when it
+    is readable) the manifest's. Every shard is then replayed stage by stage: a stage whose
+    checkpoint is intact (every file's sha256, the state digest) and was trained on exactly the
+    right ids is reused; the first one missing or damaged is retrained from the last intact stage
+    before it (from scratch if there is none), and so is every later one. Repairs a deleted or
+    corrupted manifest, an older manifest restored over a newer one, and damaged checkpoints. The
+    result is bit-identical to training without the forgotten ids (same backend).
+
+    Returns ``{"forgotten", "retrained" {shard: first retrained stage}, "reused", "steps",
+    "seconds", "digests", "cleanup_pending"}``.
+    """
+    c = self.config
+    if self._stored is None:
+      raise FileNotFoundError(f"{self.directory} is not a SISA directory (no config.json): nothing to repair.")
+    with self._locked(wait):
+      self._check_platform("repair")
+      ledger = self._read_ledger()
+      try:
+        old = self._read_manifest()
+      except (CheckpointError, FileNotFoundError):
+        old = None
+      plan_ids = self._plan()[0]
+      forgotten = set(self._stored["excluded_at_train"]) | {i for r in ledger for i in r["ids"]}
+      if old is not None:
+        forgotten |= set(old["forgotten"])
+      unknown = sorted(forgotten - set(plan_ids.tolist()))
+      if unknown:
+        raise CheckpointError(f"the ledger names ids that are not in the plan ({unknown[:10]}): it belongs to "
+                              "another directory?")
+      t0 = time.perf_counter()
+      stages, steps, final, retrained = self._run({k: 0 for k in range(c.shards)}, forgotten, {}, progress,
+                                                  save=True, report=True)
+      seconds = time.perf_counter() - t0
+      requests = list(old["requests"]) if old is not None else []
+      seen = {_canonical(r) for r in requests}
+      requests += [r for r in ledger if _canonical(r) not in seen]
+      requests.sort(key=lambda r: (r.get("time", ""), r.get("seq", 0)))
+      manifest = {
+          "format": FORMAT, "forgotten": sorted(forgotten), "excluded_at_train": self._stored["excluded_at_train"],
+          "stages": {str(k): stages[k] for k in range(c.shards)},
+          "final": {str(k): digest(final[k]) for k in range(c.shards)},
+          "train_steps": old["train_steps"] if old else steps, "train_seconds": old["train_seconds"] if old else seconds,
+          "requests": requests,
+          "repairs": (old.get("repairs", []) if old else []) + [{
+              "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "retrained": {str(k): v for k, v in sorted(retrained.items())}, "steps": steps, "seconds": seconds,
+              "manifest_was": "readable" if old is not None else "missing or corrupted"}],
+      }
+      _fault("repair:before_commit")
+      with self._switch(shared=False):
+        _fsync_write(self._path("manifest.json"), json.dumps(manifest))
+        pending = self._finish(manifest, "repair")
+      total_stages = c.shards * c.slices
+      return {"forgotten": len(forgotten), "retrained": {str(k): v for k, v in sorted(retrained.items())},
+              "reused": total_stages - sum(c.slices - v for v in retrained.values()), "steps": steps,
+              "seconds": seconds, "digests": [manifest["final"][str(k)] for k in range(c.shards)],
+              "cleanup_pending": pending}
+
+  @contextlib.contextmanager
+  def _reading(self):
+    """The live manifest, with the switch lock held shared while the caller reads checkpoints."""
+    manifest = self._live_manifest()
+    self._housekeep(manifest)
+    with self._switch(shared=True):
+      yield self._live_manifest()
+
+  def live_shards(self) -> list[int]:
+    """The shards that still hold at least one training example (the others, every example of which
+    was forgotten, hold no model and are left out of ``final_params``, ``logits`` and votes)."""
+    with self._reading() as manifest:
+      return self._live_shards(manifest)
+
+  def _live_shards(self, manifest: dict) -> list[int]:
+    ids, shard, _ = self._plan()
+    alive = ~np.isin(ids, np.asarray(manifest["forgotten"], np.int64))
+    return [k for k in range(self.config.shards) if np.any(alive & (shard == k))]
+
+  def _final_states(self, manifest: dict, shards: Sequence[int]) -> dict:
+    return {k: self._restore(k, *manifest["stages"][str(k)][-1]) for k in shards}
 
   def final_params(self) -> Params:
-    """The S shard models' final parameters, stacked on a leading axis (digests checked)."""
-    manifest = self._read_manifest()
-    trees = []
-    for k in range(self.config.shards):
-      name, dig = manifest["stages"][str(k)][-1]
-      trees.append(self._restore(k, name, dig)["params"])
-    return lanes.stack(trees)
+    """The live shard models' final parameters, stacked on a leading axis, in ``live_shards()``
+    order (files and digests checked).
+
+    Raises:
+      ValueError: every training example has been forgotten: no model remains.
+    """
+    with self._reading() as manifest:
+      live = self._live_shards(manifest)
+      if not live:
+        raise ValueError(f"every training example of {self.directory} has been forgotten: no model remains.")
+      states = self._final_states(manifest, live)
+    return lanes.stack([states[k]["params"] for k in live])
 
   def digests(self) -> list[str]:
-    """One sha256 per shard of its final parameters (as recorded; ``verify`` recomputes them)."""
-    manifest = self._read_manifest()
-    return [manifest["final"][str(k)] for k in range(self.config.shards)]
+    """One sha256 per shard of its final parameters, read from the checkpoints on disk (each file's
+    sha256 and the state digest checked against the records, and against the manifest)."""
+    with self._reading() as manifest:
+      states = self._final_states(manifest, range(self.config.shards))
+    return [digest(states[k]["params"]) for k in range(self.config.shards)]
 
   def logits(self, x: np.ndarray) -> np.ndarray:
-    """Every shard model's logits on ``x``: ``[S, n, C]``."""
+    """Every live shard model's logits on ``x``: ``[len(live_shards()), n, C]``."""
     return lanes.predict(self.apply_fn, self.final_params(), np.asarray(x))
 
   def status(self) -> dict:
-    """Plan sizes, forgotten count, requests, and the last request's cost."""
-    manifest = self._read_manifest()
-    ids, shard, slice_ = self._plan()
-    alive = ~np.isin(ids, np.asarray(manifest["forgotten"], np.int64))
-    sizes = [[int(np.sum(alive & (shard == k) & (slice_ == r))) for r in range(self.config.slices)]
-             for k in range(self.config.shards)]
-    return {
-        "config": dataclasses.asdict(self.config), "strategy": self.strategy, "examples": int(len(ids)),
-        "forgotten": len(manifest["forgotten"]), "sizes": sizes, "train_steps": manifest["train_steps"],
-        "train_seconds": manifest["train_seconds"], "requests": manifest["requests"],
-    }
+    """Plan sizes, forgotten count, live shards, requests, the last request's cost, and what on
+    disk needs attention (unreferenced checkpoints, entries jaxunlearn does not own)."""
+    with self._reading() as manifest:
+      ids, shard, slice_ = self._plan()
+      alive = ~np.isin(ids, np.asarray(manifest["forgotten"], np.int64))
+      sizes = [[int(np.sum(alive & (shard == k) & (slice_ == r))) for r in range(self.config.slices)]
+               for k in range(self.config.shards)]
+      owned, strays = self._owned_entries()
+      return {
+          "config": dataclasses.asdict(self.config), "strategy": self.strategy, "examples": int(len(ids)),
+          "forgotten": len(manifest["forgotten"]), "sizes": sizes, "live_shards": self._live_shards(manifest),
+          "train_steps": manifest["train_steps"], "train_seconds": manifest["train_seconds"],
+          "requests": manifest["requests"], "repairs": manifest.get("repairs", []),
+          "unreferenced": self._unreferenced(manifest), "not_ours": strays,
+      }
 
   def verify(self, *, progress: Progress | None = None) -> dict:
-    """Retrains from scratch every shard that lost ids (in a scratch run, nothing written) and
-    compares its parameters' digest with the live model's. Returns ``{"shards": {k: bool}, "ok"}``."""
-    manifest = self._read_manifest()
-    stored = self._stored
-    if stored["backend"] != jax.default_backend() or stored["devices"] != jax.device_count():
-      raise ValueError(
-          f"exactness is per backend and device count: the directory was trained on {stored['backend']} with "
-          f"{stored['devices']} device(s), this process has {jax.default_backend()} with {jax.device_count()}.")
-    ids, shard, _ = self._plan()
-    forgotten = set(manifest["forgotten"])
+    """Checks the directory against the disk and against retraining.
+
+    1. Every live checkpoint (every shard, every stage) is restored: each file's sha256 and the
+       state digest must match the records and the manifest; final parameters must be finite.
+    2. Every shard that lost ids is retrained from scratch (a scratch run, nothing written) and
+       its digest compared with the checkpoint's.
+
+    Returns ``{"shards": {k: bool}, "ok", "problems": [messages]}``.
+    """
+    self._check_platform("verify")
+    problems: list[str] = []
+    on_disk: dict[int, str] = {}
+    with self._reading() as manifest:
+      for k in range(self.config.shards):
+        for stage, (name, dig) in enumerate(manifest["stages"][str(k)]):
+          try:
+            state = self._restore(k, name, dig)
+          except CheckpointError as err:
+            problems.append(f"shard {k} stage {stage}: {err}")
+            continue
+          if stage == len(manifest["stages"][str(k)]) - 1:
+            on_disk[k] = digest(state["params"])
+            if on_disk[k] != manifest["final"][str(k)]:
+              problems.append(f"shard {k}: the final checkpoint's parameters differ from the manifest's digest.")
+            if not all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in jax.tree.leaves(state["params"])):
+              problems.append(f"shard {k}: the model has non-finite parameters (NaN or inf): training diverged.")
+      ids, shard, _ = self._plan()
+      forgotten = set(manifest["forgotten"])
+      live = set(self._live_shards(manifest))
     affected = sorted({int(s) for i, s in zip(ids, shard) if int(i) in forgotten}) or list(range(self.config.shards))
     _, _, final = self._run({k: 0 for k in affected}, forgotten, {}, progress, save=False)
-    result = {str(k): digest(final[k]) == manifest["final"][str(k)] for k in affected}
-    return {"shards": result, "ok": all(result.values())}
+    result = {}
+    for k in affected:
+      fresh = digest(final[k])
+      result[str(k)] = fresh == manifest["final"][str(k)] and on_disk.get(k) == fresh
+      if not result[str(k)] and k in on_disk:
+        problems.append(f"shard {k}: retraining from scratch gives different parameters"
+                        + ("" if k in live else " (a shard with no examples left)"))
+    ok = all(result.values()) and not problems
+    return {"shards": result, "ok": ok, "problems": problems}
 
 
 def aggregate(logits: np.ndarray, how: str = "vote") -> np.ndarray:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import os
+import sys
+import warnings
 
 import jax
 import numpy as np
@@ -17,13 +17,10 @@ from jaxunlearn._src import losses, models, sisa
 def _open(directory: str, config: sisa.SisaConfig | None = None, data_dir: str | None = None):
   """Builds the SISA job from ``config`` (train) or from the directory's stored config."""
   if config is None:
-    path = os.path.join(directory, "config.json")
-    if not os.path.exists(path):
+    stored = sisa.read_config(directory)
+    if stored is None:
       raise FileNotFoundError(f"{directory} is not a SISA directory (no config.json); run `jaxunlearn sisa train` first.")
-    with open(path) as f:
-      stored = json.load(f)
     config = sisa.SisaConfig(**stored["sisa"])
-    data_dir = stored.get("data_dir")
   if config.dataset is None or config.model is None or config.learning_rate is None:
     raise ValueError(f"{directory} was created from Python with custom functions; open it with jaxunlearn.sisa.SISA.")
   train, test = data_lib.load(config.dataset, data_dir=data_dir)
@@ -56,6 +53,22 @@ def _bar(console, description: str):
 
 
 def run(args) -> int:
+  """Runs one ``jaxunlearn sisa`` operation; warnings about the directory go to stderr.
+
+  Exit codes: 0 success, 1 verification failed, 2 error (nothing changed), 3 committed but cleanup
+  pending (the next command finishes it)."""
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always", sisa.SisaWarning)
+    code = _run(args)
+  for w in caught:
+    if issubclass(w.category, sisa.SisaWarning):
+      print(f"jaxunlearn sisa {args.op}: warning: {w.message}", file=sys.stderr)
+    else:
+      warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+  return code
+
+
+def _run(args) -> int:
   from rich.console import Console
 
   console = Console(stderr=False)
@@ -67,15 +80,15 @@ def run(args) -> int:
     exclude = data_lib.read_ids_file(args.exclude_ids) if args.exclude_ids else None
     job, _ = _open(args.dir, config, args.data_dir)
     with _bar(console, "training shards") as bar:
-      summary = job.train(exclude_ids=exclude, progress=bar)
+      summary = job.train(exclude_ids=exclude, progress=bar, wait=args.wait)
     console.print(f"trained {config.shards} shards x {config.slices} slices ({job.strategy}): "
                   f"{summary['steps']} steps in {summary['seconds']:.1f} s -> {args.dir}")
-    return 0
+    return 3 if summary["cleanup_pending"] else 0
   job, test = _open(args.dir)
   if args.op == "forget":
     ids = data_lib.read_ids_file(args.ids_file) if args.ids_file else _parse_ids(args.ids)
     with _bar(console, "retraining") as bar:
-      record = job.forget(ids, progress=bar)
+      record = job.forget(ids, progress=bar, wait=args.wait)
     if record["noop"]:
       console.print(f"nothing to do: id(s) {', '.join(map(str, record['already_forgotten']))} already forgotten.")
       return 0
@@ -84,7 +97,17 @@ def run(args) -> int:
     retrained = ", ".join(f"shard {k} from slice {v}" for k, v in record["retrained"].items())
     console.print(f"forgot {len(record['ids'])} id(s): retrained {retrained}; {record['steps']} steps in "
                   f"{record['seconds']:.2f} s (request #{record['seq']} in the ledger)")
-    return 0
+    if record["remaining"] == 0:
+      console.print("no training example remains: the ensemble holds no model any more.")
+    return 3 if record["cleanup_pending"] else 0
+  if args.op == "repair":
+    with _bar(console, "repairing") as bar:
+      out = job.repair(progress=bar, wait=args.wait)
+    redone = ", ".join(f"shard {k} from stage {v}" for k, v in out["retrained"].items()) or "nothing"
+    console.print(f"repaired {args.dir}: {out['forgotten']} id(s) forgotten (every ledger id included); "
+                  f"{out['reused']} checkpoint(s) intact and reused; retrained {redone}: {out['steps']} steps in "
+                  f"{out['seconds']:.1f} s")
+    return 3 if out["cleanup_pending"] else 0
   if args.op == "digest":
     for k, d in enumerate(job.digests()):
       print(f"{k} {d}")
@@ -94,7 +117,9 @@ def run(args) -> int:
       result = job.verify(progress=bar)
     for k, ok in result["shards"].items():
       console.print(f"shard {k}: {'bit-identical to retraining from scratch' if ok else 'MISMATCH'}")
-    console.print("verified" if result["ok"] else "verification FAILED")
+    for problem in result["problems"]:
+      console.print(f"problem: {problem}")
+    console.print("verified (every live checkpoint read back intact)" if result["ok"] else "verification FAILED")
     return 0 if result["ok"] else 1
   if args.op == "status":
     return _status(console, job, test)
@@ -131,6 +156,17 @@ def _status(console, job: sisa.SISA, test: data_lib.Dataset) -> int:
     ledger.add_row(str(r["seq"]), r["time"], ids, ", ".join(f"{k}: {v}" for k, v in r["retrained"].items()),
                    str(r["steps"]), f"{r['seconds']:.2f}")
   console.print(ledger)
+  for r in st["repairs"]:
+    console.print(f"repair at {r['time']} (manifest {r['manifest_was']}): retrained "
+                  f"{', '.join(f'shard {k} from stage {v}' for k, v in r['retrained'].items()) or 'nothing'}")
+  empty = sorted(set(range(c["shards"])) - set(st["live_shards"]))
+  if empty:
+    console.print(f"shard(s) {', '.join(map(str, empty))}: every example forgotten, no model; left out of aggregation")
+  for path in st["not_ours"]:
+    console.print(f"not written by jaxunlearn, left alone: {path} (it may hold copies of training data)")
+  if not st["live_shards"]:
+    console.print(f"every one of the {st['examples']} training examples has been forgotten: no model remains.")
+    return 0
   logits = job.logits(test.x)
   vote = float(np.mean(sisa.aggregate(logits, "vote") == test.y))
   soft = float(np.mean(sisa.aggregate(logits, "softmax") == test.y))
