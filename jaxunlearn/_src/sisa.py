@@ -694,12 +694,15 @@ class SISA:
         os.remove(target)
     _fault("sweep:done")
 
+  def _cleanup(self, manifest: dict) -> None:
+    self._reconcile_ledger(manifest)
+    self._sweep(manifest)
+
   def _finish(self, manifest: dict, what: str) -> str | None:
     """Ledger and sweep after a commit; returns ``None``, or the "cleanup pending" message (also
     warned) when they fail: the commit stands, and the next command finishes the job."""
     try:
-      self._reconcile_ledger(manifest)
-      self._sweep(manifest)
+      self._cleanup(manifest)
       return None
     except Exception as err:  # anything: the commit is done and must be reported as such
       message = (f"{what} committed; cleanup pending: {type(err).__name__}: {err}. The next jaxunlearn command on "
@@ -707,24 +710,30 @@ class SISA:
       warnings.warn(message, SisaWarning, stacklevel=3)
       return message
 
-  def _housekeep(self, manifest: dict) -> None:
+  def _housekeep(self, manifest: dict, *, locked: bool = False) -> None:
     """Finishes what a crash or an error after a commit left: missing ledger records, unreferenced
-    checkpoints. Runs under the writer lock when it is free (a writer at work finishes its own);
-    warns while checkpoints that may hold forgotten ids remain."""
+    checkpoints. ``locked``: the caller holds the writer and switch locks; otherwise they are taken
+    if free (a writer at work finishes its own). Warns while checkpoints that may hold forgotten
+    ids remain."""
     logged = {_canonical(r) for r in self._read_ledger()}
-    pending = any(_canonical(r) not in logged for r in manifest["requests"]) or self._unreferenced(manifest)
-    if pending:
+    cause = ""
+    if any(_canonical(r) not in logged for r in manifest["requests"]) or self._unreferenced(manifest):
       try:
-        with self._locked(wait=0), self._switch(shared=False):
-          manifest = self._read_manifest()
-          self._finish(manifest, "cleanup of an earlier request")
+        if locked:
+          self._cleanup(manifest)
+        else:
+          with self._locked(wait=0), self._switch(shared=False):
+            manifest = self._read_manifest()
+            self._cleanup(manifest)
       except LockTimeout:
-        pass  # a writer is at work; it sweeps when it commits
+        return  # a writer is at work (what is unreferenced may be its new checkpoints); it sweeps at its commit
+      except Exception as err:
+        cause = f" Cleanup failed: {type(err).__name__}: {err}."
     left = self._unreferenced(manifest)
     if left:
       shown = ", ".join(os.path.relpath(p, self.directory) for p in left[:5]) + (" ..." if len(left) > 5 else "")
       warnings.warn(f"{len(left)} checkpoint file(s) under {self._path('ckpt')} are not referenced by the manifest "
-                    f"and may hold forgotten ids: {shown}. Re-run any command once the cause is fixed.",
+                    f"and may hold forgotten ids: {shown}.{cause} Every command retries the cleanup.",
                     SisaWarning, stacklevel=3)
 
   def _check_platform(self, what: str) -> None:
@@ -840,7 +849,7 @@ class SISA:
         shown = ", ".join(str(i) for i in unknown[:20]) + (" ..." if unknown.size > 20 else "")
         raise ValueError(f"{unknown.size} id(s) are not in the SISA plan of {self.directory}: {shown}. Nothing changed.")
       with self._switch(shared=False):
-        self._finish(manifest, "an earlier request")  # what a crash after an earlier commit left
+        self._housekeep(manifest, locked=True)  # what a crash after an earlier commit left
       forgotten = set(manifest["forgotten"])
       already = [int(i) for i in request if int(i) in forgotten]
       new = np.array([i for i in request if int(i) not in forgotten], np.int64)
