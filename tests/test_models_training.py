@@ -82,3 +82,74 @@ def test_cnn_building_blocks_match_flax(shape, window):
   np.testing.assert_allclose(_conv_same(x, conv.kernel[...], conv.bias[...]), conv(x), rtol=1e-5, atol=1e-5)
   w = (2,) * (len(shape) - 2)
   np.testing.assert_array_equal(_max_pool2(x), nnx.max_pool(x, w, strides=w))
+
+
+class _BNNet(nnx.Module):
+  """A user's model with non-parameter state: batch-norm running statistics."""
+
+  def __init__(self, rngs):
+    self.l1 = nnx.Linear(64, 32, rngs=rngs)
+    self.bn = nnx.BatchNorm(32, momentum=0.8, rngs=rngs)
+    self.l2 = nnx.Linear(32, 10, rngs=rngs)
+
+  def __call__(self, x):
+    return self.l2(jax.nn.relu(self.bn(self.l1(x.reshape(x.shape[0], -1)))))
+
+
+def _bn_loss():
+  graphdef, params, stats = nnx.split(_BNNet(nnx.Rngs(0)), nnx.Param, nnx.BatchStat)
+
+  def loss(p, batch, state):
+    model = nnx.merge(graphdef, p, state, copy=True)
+    logits = model(batch["x"])
+    logp = jax.nn.log_softmax(logits)
+    nll = -jnp.take_along_axis(logp, batch["y"][:, None].astype(jnp.int32), axis=-1)[:, 0]
+    mask = batch["mask"]
+    return jnp.sum(nll * mask) / jnp.sum(mask), nnx.state(model, nnx.BatchStat)
+
+  return loss, params, stats
+
+
+def test_fit_with_non_parameter_state_matches_an_explicit_loop(digits):
+  train, _ = digits
+  ds = train.take(train.ids[:300])
+  loss, params, stats = _bn_loss()
+  opt = optax.sgd(0.05)
+  got_p, got_s = training.fit(loss, params, ds, optimizer=opt, epochs=2, batch_size=64, seed=3, state=stats)
+  # Explicit loop, no jit: gradient of the loss at the current state, then the state it returns.
+  p, s, o = params, stats, opt.init(params)
+  for epoch in range(2):
+    for batch in data.batches(ds, 64, seed=3, epoch=epoch):
+      (_, new_s), g = jax.value_and_grad(loss, has_aux=True)(p, batch, s)
+      u, o = opt.update(g, o, p)
+      p, s = optax.apply_updates(p, u), new_s
+  for a, b in zip(jax.tree.leaves((got_p, got_s)), jax.tree.leaves((p, s))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+  # The statistics did move (a loss closing over them would have frozen them at the first trace).
+  assert not np.allclose(np.asarray(jax.tree.leaves(got_s["bn"]["mean"])[0]), np.asarray(jax.tree.leaves(stats["bn"]["mean"])[0]))
+  with pytest.raises(ValueError, match="micro_batch and state cannot be combined"):
+    training.fit(loss, params, ds, optimizer=opt, epochs=1, batch_size=64, seed=0, state=stats, micro_batch=8)
+
+
+def test_recipes_carry_non_parameter_state(digits):
+  from jaxunlearn._src import recipes
+
+  train, _ = digits
+  forget, retain = train.take(train.ids[:40]), train.take(train.ids[40:200])
+  loss, params, stats = _bn_loss()
+  opt = optax.sgd(0.05)
+  p1, s1 = recipes.finetune(loss, params, retain, optimizer=opt, epochs=1, batch_size=32, seed=0, state=stats)
+  p2, s2 = training.fit(loss, params, retain, optimizer=opt, epochs=1, batch_size=32, seed=0, state=stats)
+  for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p2, s2))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  p3, s3 = recipes.graddiff(loss, params, forget, retain, optimizer=opt, epochs=1, batch_size=32, seed=0, state=stats)
+  # Explicit loop of gradient difference with state: forget batch, then retain batch, per step.
+  p, s, o = params, stats, opt.init(params)
+  forget_batches = [b for e in range(3) for b in data.batches(forget, 32, seed=1, epoch=e)]
+  for i, rb in enumerate(data.batches(retain, 32, seed=0, epoch=0)):
+    gf, s = jax.grad(loss, has_aux=True)(p, forget_batches[i], s)
+    gr, s = jax.grad(loss, has_aux=True)(p, rb, s)
+    u, o = opt.update(jax.tree.map(lambda r, f: r - f, gr, gf), o, p)
+    p = optax.apply_updates(p, u)
+  for a, b in zip(jax.tree.leaves((p3, s3)), jax.tree.leaves((p, s))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)

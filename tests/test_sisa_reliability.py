@@ -7,7 +7,6 @@ import shutil
 import threading
 
 import jax
-import numpy as np
 import optax
 import pytest
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,19 @@ from jaxunlearn._src.microbatch import check_micro_batch, microbatch_value_and_g
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, micro_batch: int | None = None):
+def _compiled_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, micro_batch: int | None = None,
+                   stateful: bool = False):
+  # Cached by the identity of loss_fn and optimizer: the same objects reuse one compiled step.
+  if stateful:
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+
+    @jax.jit
+    def stateful_step(params, opt_state, batch, state):
+      (loss, state), grads = value_and_grad(params, batch, state)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, loss, state
+
+    return stateful_step
   value_and_grad = jax.value_and_grad(loss_fn) if micro_batch is None else microbatch_value_and_grad(
       loss_fn, micro_batch)
 
@@ -38,16 +51,23 @@ def fit(
     batch_size: int,
     seed: int,
     micro_batch: int | None = None,
-) -> Params:
+    state: Any = None,
+) -> Params | tuple[Params, Any]:
   """Trains ``params`` by minimising ``loss_fn`` over ``epochs`` passes of ``ds``.
 
   Batches come from ``data.batches(ds, batch_size, seed=seed, epoch=e)``: the order depends on
   the example ids and the seed only, and the last batch is padded with a zero mask (one compile).
   The same inputs give bit-identical parameters on the same backend.
 
+  The compiled step is cached by the *identity* of ``loss_fn`` and ``optimizer`` (as ``jax.jit``
+  caches by function): ``loss_fn`` is traced once, so anything it reads from outside its
+  arguments (a global, a closure over mutable batch-norm statistics) is frozen at the first call.
+  Pass such values as ``state`` instead: they are then arguments, updated every step.
+
   Args:
     loss_fn: ``loss(params, batch) -> scalar`` honouring ``batch["mask"]`` (the builders in
-      ``jaxunlearn.losses`` do).
+      ``jaxunlearn.losses`` do); with ``state``, ``loss(params, batch, state) -> (scalar,
+      new_state)``.
     params: initial parameters.
     ds: training data.
     optimizer: any optax transformation.
@@ -57,9 +77,12 @@ def fit(
     micro_batch: if set, each step's gradient is computed in micro-batches of this many examples
       (``jaxunlearn.microbatch_value_and_grad``): the same steps up to float rounding, less
       memory; faster for convolutional networks on CPU.
+    state: non-parameter state the loss reads and updates (batch-norm statistics, an NNX
+      model's non-``Param`` state from ``nnx.split(model, nnx.Param, ...)``); it is not
+      differentiated, and each step's new state feeds the next step.
 
   Returns:
-    The trained parameters.
+    The trained parameters; with ``state``, ``(params, state)``.
 
   Example:
     >>> import jax, optax
@@ -74,12 +97,17 @@ def fit(
   if epochs < 0:
     raise ValueError(f"epochs must be >= 0, got {epochs}.")
   micro_batch = None if micro_batch is None else check_micro_batch(micro_batch)
-  step = _compiled_step(loss_fn, optimizer, micro_batch)
+  if state is not None and micro_batch is not None:
+    raise ValueError("micro_batch and state cannot be combined: the state of one micro-batch would feed the next.")
+  step = _compiled_step(loss_fn, optimizer, micro_batch, state is not None)
   opt_state = optimizer.init(params)
   for epoch in range(epochs):
     for batch in data_lib.batches(ds, batch_size, seed=seed, epoch=epoch):
-      params, opt_state, _ = step(params, opt_state, batch)
-  return params
+      if state is None:
+        params, opt_state, _ = step(params, opt_state, batch)
+      else:
+        params, opt_state, _, state = step(params, opt_state, batch, state)
+  return params if state is None else (params, state)
 
 
 @functools.lru_cache(maxsize=64)
