@@ -35,3 +35,44 @@ def test_demo_bad_input_is_reported(capsys):
   assert "telepathy" in err and "gradient_difference" in err
   assert cli.main(["demo", "--forget", "class:12"]) == 2
   assert "out of range" in capsys.readouterr().err
+
+
+def test_sisa_command_line_errors_and_cleanup_pending(tmp_path, capsys, monkeypatch):
+  import shutil
+
+  d = str(tmp_path / "s")
+  small = ["--shards", "2", "--slices", "2", "--epochs", "2", "--batch-size", "64"]
+  assert cli.main(["sisa", "train", "--dir", d, *small]) == 0
+  capsys.readouterr()
+  for bad in ("1_9", "3.0", "17,x"):
+    assert cli.main(["sisa", "forget", "--dir", d, "--ids", bad]) == 2
+    assert "expected an integer id" in capsys.readouterr().err
+  (tmp_path / "ids.txt").write_bytes("3\n17\n".encode("utf-16"))
+  (tmp_path / "dir_ids").mkdir()
+  assert cli.main(["sisa", "forget", "--dir", d, "--ids-file", str(tmp_path / "dir_ids")]) == 2
+  assert "is a directory, not a file of ids" in capsys.readouterr().err
+  for lr in ("nan", "-1", "0"):
+    assert cli.main(["sisa", "train", "--dir", str(tmp_path / f"lr{lr}"), *small, "--lr", lr]) == 2
+    assert "learning_rate must be a finite number > 0" in capsys.readouterr().err
+  (tmp_path / "afile").write_text("x")
+  assert cli.main(["sisa", "status", "--dir", str(tmp_path / "afile")]) == 2
+  assert "is a file, not a SISA directory" in capsys.readouterr().err
+  # A sweep that fails after the commit: exit 3, "committed; cleanup pending"; the next command finishes it.
+  real = shutil.rmtree
+  monkeypatch.setattr(shutil, "rmtree", lambda p, *a, **k: (_ for _ in ()).throw(OSError(5, "I/O error", p)))
+  assert cli.main(["sisa", "forget", "--dir", d, "--ids-file", str(tmp_path / "ids.txt")]) == 3
+  err = capsys.readouterr().err
+  assert "request #1 committed; cleanup pending: OSError" in err
+  monkeypatch.setattr(shutil, "rmtree", real)
+  assert cli.main(["sisa", "status", "--dir", d]) == 0
+  out, err = capsys.readouterr()
+  assert "2 forgotten" in out and "warning" not in err
+  assert cli.main(["sisa", "verify", "--dir", d]) == 0
+  assert "verified (every live checkpoint read back intact)" in capsys.readouterr().out
+  import os
+
+  os.remove(os.path.join(d, "manifest.json"))
+  assert cli.main(["sisa", "train", "--dir", d, *small]) == 2
+  assert "sisa repair" in capsys.readouterr().err
+  assert cli.main(["sisa", "repair", "--dir", d]) == 0
+  assert "2 id(s) forgotten" in " ".join(capsys.readouterr().out.split())

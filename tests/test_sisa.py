@@ -253,3 +253,16 @@ def test_cli_concurrent_forgets_are_serialised(tmp_path):
   bad = _cli("forget", "--dir", d, "--ids", "123456")
   _, err = bad.communicate(timeout=120)
   assert bad.returncode == 2 and "123456" in err
+
+
+def test_cli_forget_refuses_another_device_count(tmp_path):
+  d = str(tmp_path / "d")
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  proc = subprocess.run([sys.executable, "-m", "jaxunlearn.cli", "sisa", "train", "--dir", d, "--shards", "2",
+                         "--slices", "2", "--epochs", "2"], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  before = (tmp_path / "d" / "manifest.json").read_bytes()
+  bad = _cli("forget", "--dir", d, "--ids", "3")  # one device here
+  _, err = bad.communicate(timeout=300)
+  assert bad.returncode == 2 and "trained on cpu with 2 device(s)" in err and "with 1 device(s)" in err
+  assert (tmp_path / "d" / "manifest.json").read_bytes() == before
