@@ -210,6 +210,8 @@ FILE_FAULTS = {
     "config.json edited (lr)": (
         lambda d: write(os.path.join(d, "config.json"), read(os.path.join(d, "config.json")).replace(
             '"learning_rate": null', '"learning_rate": 0.5')), "modified after training", "restore"),
+    "config.json removed": (lambda d: os.remove(os.path.join(d, "config.json")), "config.json is missing but",
+                            "restore"),
     "plan.npz truncated": (lambda d: _truncate(os.path.join(d, "plan.npz")), "plan.npz is corrupted", "restore"),
     "manifest.json torn": (lambda d: _truncate(os.path.join(d, "manifest.json")), "manifest.json is corrupted",
                            "repair"),

@@ -305,6 +305,9 @@ class SISA:
     self.data = data
     self.init_fn, self.apply_fn, self.loss_fn, self.optimizer = init_fn, apply_fn, loss_fn, optimizer
     stored = self._stored = read_config(self.directory)
+    if stored is None and os.path.exists(self._path("manifest.json")):
+      raise CheckpointError(f"{self._path('config.json')} is missing but the directory holds a trained ensemble: "
+                            "restore config.json from a backup (its digest seals the training settings).")
     if config is None:
       if stored is None:
         raise FileNotFoundError(f"{self.directory} is not a SISA directory (no config.json); train one first.")
