@@ -23,3 +23,19 @@ def digits():
   from jaxunlearn import data
 
   return data.load("digits")
+
+
+@pytest.fixture(scope="module")
+def job_maker(digits):
+  """The small SISA job of the reliability and fault-injection tests (tests/sisa_fixtures.py)."""
+  from sisa_fixtures import Job
+
+  return Job(digits[0])
+
+
+@pytest.fixture(scope="module")
+def sisa_base(job_maker, tmp_path_factory):
+  """A trained directory of that job; tests work on copies of it."""
+  d = tmp_path_factory.mktemp("sisa") / "base"
+  job_maker.open(d, new=True).train()
+  return str(d)

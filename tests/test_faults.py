@@ -31,25 +31,13 @@ import pytest
 
 from jaxunlearn import sisa
 from jaxunlearn._src import sisa as sisa_impl
-from sisa_fixtures import Job, array_files, check_invariants, copy_of, flip_bytes, read, stage_name, write
+from sisa_fixtures import array_files, check_invariants, copy_of, flip_bytes, read, stage_name, write
 
 OUTCOMES: list[tuple[str, str, str]] = []
 
 
 class Killed(BaseException):
   """Stands for the process dying: not an Exception, so no handler in the library catches it."""
-
-
-@pytest.fixture(scope="module")
-def job_maker(digits):
-  return Job(digits[0])
-
-
-@pytest.fixture(scope="module")
-def base(job_maker, tmp_path_factory):
-  d = tmp_path_factory.mktemp("faults") / "base"
-  job_maker.open(d, new=True).train()
-  return str(d)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -118,14 +106,14 @@ def _quiet(fn, *args, **kwargs):
 # -- kill points ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("next_command", ["forget again", "status first"])
-def test_forget_killed_at_every_step(job_maker, base, tmp_path, monkeypatch, next_command):
+def test_forget_killed_at_every_step(job_maker, sisa_base, tmp_path, monkeypatch, next_command):
   ids = job_maker.ids_in(0, 0) + job_maker.ids_in(2, 1)
-  probe = copy_of(base, tmp_path / "probe")
+  probe = copy_of(sisa_base, tmp_path / "probe")
   points = _points(monkeypatch, lambda: job_maker.open(probe).forget(ids))
   assert {"run:saved", "forget:before_commit", "forget:after_commit", "ledger:before", "ledger:append",
           "sweep:delete", "sweep:done"} <= set(points)
   for index, point in enumerate(points):
-    d = copy_of(base, tmp_path / f"k{index}")
+    d = copy_of(sisa_base, tmp_path / f"k{index}")
     _kill_at(monkeypatch, index)
     with pytest.raises(Killed):
       job_maker.open(d).forget(ids)
@@ -166,11 +154,11 @@ def test_train_killed_at_every_step(job_maker, tmp_path, monkeypatch):
     shutil.rmtree(d)
 
 
-def test_repair_killed_at_every_step(job_maker, base, tmp_path, monkeypatch):
+def test_repair_killed_at_every_step(job_maker, sisa_base, tmp_path, monkeypatch):
   ids = job_maker.ids_in(1, 1)
 
   def damaged(name):
-    d = copy_of(base, tmp_path / name)
+    d = copy_of(sisa_base, tmp_path / name)
     job_maker.open(d).forget(ids)
     os.remove(os.path.join(d, "manifest.json"))
     shutil.rmtree(os.path.join(d, "ckpt", "shard_001", stage_name_of(d, 1)))
@@ -234,11 +222,11 @@ FILE_FAULTS = {
 
 
 @pytest.mark.parametrize("fault", sorted(FILE_FAULTS))
-def test_corrupted_files_are_named_and_recoverable(job_maker, base, tmp_path, fault):
+def test_corrupted_files_are_named_and_recoverable(job_maker, sisa_base, tmp_path, fault):
   # The request below needs shard 0's stage-0 checkpoint (its id is in shard 0, slice 1).
   ids = job_maker.ids_in(0, 1)
-  d = copy_of(base, tmp_path / "d")
-  pristine = copy_of(base, tmp_path / "pristine")
+  d = copy_of(sisa_base, tmp_path / "d")
+  pristine = copy_of(sisa_base, tmp_path / "pristine")
   damage, message, recovery = FILE_FAULTS[fault]
   damage(d)
   manifest_before = read(os.path.join(d, "manifest.json"), binary=True) if os.path.exists(
@@ -261,9 +249,9 @@ def test_corrupted_files_are_named_and_recoverable(job_maker, base, tmp_path, fa
   OUTCOMES.append(("corrupted file", fault, outcome))
 
 
-def test_ledger_faults(job_maker, base, tmp_path):
+def test_ledger_faults(job_maker, sisa_base, tmp_path):
   a, b = job_maker.ids_in(0, 0), job_maker.ids_in(2, 1)
-  d = copy_of(base, tmp_path / "d")
+  d = copy_of(sisa_base, tmp_path / "d")
   job_maker.open(d).forget(a)
   ledger = os.path.join(d, "ledger.jsonl")
   _truncate(ledger)  # torn last record
@@ -285,8 +273,8 @@ def test_ledger_faults(job_maker, base, tmp_path):
 
 # -- stray entries, manifests, concurrency -----------------------------------------------------------
 
-def test_stray_entries_everywhere(job_maker, base, tmp_path):
-  d = copy_of(base, tmp_path / "d")
+def test_stray_entries_everywhere(job_maker, sisa_base, tmp_path):
+  d = copy_of(sisa_base, tmp_path / "d")
   strays = ["ckpt/.DS_Store", "ckpt/shard_000/notes.txt", "ckpt/README", "ckpt/shard_007/x", ".DS_Store",
             "ckpt/shard_001/stage_0_copy"]
   for s in strays:
@@ -304,8 +292,8 @@ def test_stray_entries_everywhere(job_maker, base, tmp_path):
                    "left alone and listed by status; the sweep completes"))
 
 
-def test_older_manifest_restored(job_maker, base, tmp_path):
-  d = copy_of(base, tmp_path / "d")
+def test_older_manifest_restored(job_maker, sisa_base, tmp_path):
+  d = copy_of(sisa_base, tmp_path / "d")
   old = read(os.path.join(d, "manifest.json"))
   a = job_maker.ids_in(1, 1)
   job_maker.open(d).forget(a)
@@ -318,8 +306,8 @@ def test_older_manifest_restored(job_maker, base, tmp_path):
                    "every command refuses (naming the reverted ids); repair re-applies the ledger"))
 
 
-def test_concurrent_forgets_and_readers(job_maker, base, tmp_path, digits):
-  d = copy_of(base, tmp_path / "d")
+def test_concurrent_forgets_and_readers(job_maker, sisa_base, tmp_path, digits):
+  d = copy_of(sisa_base, tmp_path / "d")
   requests = [job_maker.ids_in(k, r) for k in range(3) for r in range(2)]
   errors: list[BaseException] = []
 

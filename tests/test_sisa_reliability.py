@@ -11,24 +11,12 @@ import optax
 import pytest
 
 from jaxunlearn import sisa
-from sisa_fixtures import Job, array_files, check_invariants, copy_of, flip_bytes, read, stage_name, write
-
-
-@pytest.fixture(scope="module")
-def job_maker(digits):
-  return Job(digits[0])
-
-
-@pytest.fixture(scope="module")
-def base(job_maker, tmp_path_factory):
-  d = tmp_path_factory.mktemp("sisa") / "base"
-  job_maker.open(d, new=True).train()
-  return str(d)
+from sisa_fixtures import array_files, check_invariants, copy_of, flip_bytes, read, stage_name, write
 
 
 @pytest.fixture
-def fresh(base, tmp_path):
-  return copy_of(base, tmp_path / "d")
+def fresh(sisa_base, tmp_path):
+  return copy_of(sisa_base, tmp_path / "d")
 
 
 # -- 4. verify and digest read the disk --------------------------------------------------------------
