@@ -170,6 +170,12 @@ def test_ledger_torn_last_line_is_reconstructed(job_maker, fresh, tmp_path):
   records = [json.loads(x) for x in read(path).splitlines()]
   assert [r["ids"] for r in records] == [b, a] or [r["ids"] for r in records] == [a, b]
   check_invariants(job_maker, fresh, a + b, tmp_path)
+  # A whole record whose newline was lost: kept, and the next record starts on a line of its own.
+  c = job_maker.ids_in(2, 0)
+  write(path, read(path).rstrip("\n"))
+  job.forget(c)
+  assert sorted(json.loads(x)["ids"][0] for x in read(path).splitlines()) == sorted(a + b + c)
+  check_invariants(job_maker, fresh, a + b + c, tmp_path)
   write(path, "{broken\n" + read(path))
   with pytest.raises(sisa.CheckpointError, match=r"ledger.jsonl:1 is corrupted"):
     job.status()

@@ -621,19 +621,27 @@ class SISA:
     lines = raw.split(b"\n")
     records = []
     for n, line in enumerate(lines, 1):
-      if not line.strip():
-        continue
       try:
-        record = json.loads(line)
-        if not isinstance(record, dict) or not isinstance(record.get("ids"), list):
-          raise ValueError("not a request record")
-        records.append(record)
-      except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
+        records += self._parse_ledger_line(line)
+      except ValueError as err:
         if n == len(lines):  # the last line, with no newline after it: torn
           continue
         raise CheckpointError(f"{path}:{n} is corrupted ({err}); the ledger is the record of every deletion "
                               "promised: restore it from a backup.") from None
     return records
+
+  @staticmethod
+  def _parse_ledger_line(line: bytes) -> list[dict]:
+    """``[record]`` (``[]`` for a blank line); ``ValueError`` for anything else."""
+    if not line.strip():
+      return []
+    try:
+      record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+      raise ValueError(str(err)) from None
+    if not isinstance(record, dict) or not isinstance(record.get("ids"), list):
+      raise ValueError("not a request record")
+    return [record]
 
   def _reconcile_ledger(self, manifest: dict) -> None:
     """Appends (fsynced) every committed request the ledger does not hold, compared by content
@@ -645,13 +653,20 @@ class SISA:
     if not missing:
       return
     with open(path, "a+b") as f:
-      f.seek(0, os.SEEK_END)
-      end = f.tell()
-      if end:
-        f.seek(end - 1)
-        if f.read(1) != b"\n":  # a torn last record from a crash: cut it (it is re-appended whole)
-          f.seek(0)
-          keep = f.read().rfind(b"\n") + 1
+      f.seek(0)
+      raw = f.read()
+      if raw and not raw.endswith(b"\n"):
+        # A crash mid-append: a whole record whose newline is missing is kept and ended; a torn
+        # one is cut (it is in ``missing``, hence re-appended whole).
+        keep = raw.rfind(b"\n") + 1
+        tail = raw[keep:]
+        try:
+          whole = bool(self._parse_ledger_line(tail))
+        except ValueError:
+          whole = False
+        if whole:
+          f.write(b"\n")
+        else:
           f.truncate(keep)
       f.seek(0, os.SEEK_END)
       for r in missing:
