@@ -32,7 +32,6 @@ from baselines import torch_unlearning as tu  # noqa: E402
 
 import jaxunlearn  # noqa: E402
 from jaxunlearn import data, losses, models  # noqa: E402
-from jaxunlearn._src import recipes  # noqa: E402
 
 BATCH = 64
 STEPS = 20
@@ -67,8 +66,13 @@ def jax_jobs(loss, params, full, forget, n, n_forget, micro):
     i_d = jaxunlearn.fisher_diagonal(loss, params, full, batch_size=BATCH, per_example=False, micro_batch=micro)
     return jax.block_until_ready(jaxunlearn.ssd_dampen(params, i_f, i_d, alpha=10.0, dampening=1.0))
 
-  opt = optax.adam(1e-4)
-  tx, gd_step = recipes._graddiff_step(loss, opt, 1.0, 1.0, micro)
+  tx = optax.chain(jaxunlearn.gradient_difference(forget_weight=1.0, retain_weight=1.0), optax.adam(1e-4))
+
+  @jax.jit
+  def gd_step(p, s, forget_batch, retain_batch):
+    updates, s = tx.update(grad(p, forget_batch), s, p, retain_grads=grad(p, retain_batch))
+    return optax.apply_updates(p, updates), s
+
   retain_batches = [jax.tree.map(lambda a: a[(t * BATCH) % n:(t * BATCH) % n + BATCH], full) for t in range(STEPS)]
   forget_batches = [jax.tree.map(lambda a: a[(t * BATCH) % n_forget:(t * BATCH) % n_forget + BATCH], forget)
                     for t in range(STEPS)]

@@ -43,11 +43,11 @@ def main(forget_class: int = 3, epochs: int = 20) -> dict:
   results = {"before": report("before", params)}
 
   # 1. Selective Synaptic Dampening: importances, then one call of the transform.
-  as_arrays = lambda ds: {"x": jnp.asarray(ds.x), "y": jnp.asarray(ds.y)}  # noqa: E731
-  i_forget = ju.fisher_diagonal(loss, params, as_arrays(forget), batch_size=64)
-  i_full = ju.fisher_diagonal(loss, params, as_arrays(train), batch_size=64)
+  i_forget = ju.fisher_diagonal(loss, params, forget, batch_size=64)
+  i_full = ju.fisher_diagonal(loss, params, train, batch_size=64)
   ssd = ju.selective_synaptic_dampening(alpha=5.0, dampening=1.0)
-  updates, _ = ssd.update(params, ssd.init(params), params, forget_importance=i_forget, full_importance=i_full)
+  zeros = jax.tree.map(jnp.zeros_like, params)  # no incoming update: dampen the parameters themselves
+  updates, _ = ssd.update(zeros, ssd.init(params), params, forget_importance=i_forget, full_importance=i_full)
   results["ssd"] = report("after SSD", optax.apply_updates(params, updates))
 
   # 2. Gradient difference chained with Adam, one pass over the retain set.

@@ -6,8 +6,10 @@ Unlearning transforms compose with optax; statistics run jit-compiled and data-p
 
 from jaxunlearn import data
 from jaxunlearn import losses
+from jaxunlearn import methods
 from jaxunlearn import metrics
 from jaxunlearn import models
+from jaxunlearn import recipes
 from jaxunlearn import sisa
 from jaxunlearn import training
 from jaxunlearn._src.ascent import GradientAscentState
@@ -43,11 +45,13 @@ __all__ = (
     "gradient_difference",
     "layer_reset",
     "losses",
+    "methods",
     "metrics",
     "microbatch_value_and_grad",
     "models",
     "sisa",
     "prune_smallest",
+    "recipes",
     "reset_params",
     "selective_synaptic_dampening",
     "ssd_dampen",

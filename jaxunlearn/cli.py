@@ -27,13 +27,40 @@ def _common_options(p, *, forget_default: str, plot_help: str) -> None:
   p.add_argument("--dataset", default="digits", help="digits (default), mnist1d, mnist1d:N or tfds:NAME")
   p.add_argument("--forget", default=forget_default,
                  help=f"class:K[,K..] | random:FRACTION | ids:FILE (default {forget_default})")
-  p.add_argument("--methods", default="all", help="comma-separated methods, or 'all'")
+  p.add_argument("--methods", default="all",
+                 help="comma-separated methods, or 'all' (see `jaxunlearn methods`: " + ", ".join(_method_names()) + ")")
   p.add_argument("--model", default="mlp", help="mlp (default) or cnn")
   p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and selection")
   p.add_argument("--epochs", type=int, default=20, help="epochs of original training and of retraining")
   p.add_argument("--data-dir", default=None, help="TFDS data directory (tfds: datasets only)")
   p.add_argument("--json", dest="json_path", default=None, help="write the results as JSON to this path")
   p.add_argument("--plot", dest="plot_path", default=None, help=plot_help)
+
+
+def _method_names() -> list[str]:
+  from jaxunlearn._src import methods as methods_lib
+
+  return methods_lib.names()
+
+
+def _methods_parser(sub) -> None:
+  sub.add_parser("methods", help="list the unlearning methods with their defaults and citations",
+                 description="The method registry: what `demo --methods` and `score --methods` take.")
+
+
+def _run_methods(args) -> int:
+  from rich.table import Table
+
+  from jaxunlearn._src import methods as methods_lib
+
+  table = Table(title="unlearning methods (jaxunlearn.methods)")
+  for col in ("method", "what it does", "defaults", "N models at once", "reference"):
+    table.add_column(col)
+  for name, m in methods_lib.all_methods().items():
+    table.add_row(name, m.summary, ", ".join(f"{k}={v!r}" for k, v in m.defaults.items()),
+                  "yes" if m.unlearn_many is not None else "no", m.citation)
+  _console().print(table)
+  return 0
 
 
 def _score_parser(sub) -> None:
@@ -96,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   sub = parser.add_subparsers(dest="command", required=True)
   _demo_parser(sub)
   _score_parser(sub)
+  _methods_parser(sub)
   _sisa_parser(sub)
   args = parser.parse_args(argv)
   from jaxunlearn._src.sisa import CheckpointError, LockTimeout
@@ -105,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       return _run_demo(args)
     if args.command == "score":
       return _run_score(args)
+    if args.command == "methods":
+      return _run_methods(args)
     if args.command == "sisa":
       from jaxunlearn._src import sisa_cli
 
@@ -124,9 +154,10 @@ def _run_demo(args) -> int:
   from rich.table import Table
 
   from jaxunlearn._src import demo
+  from jaxunlearn._src import methods as methods_lib
 
   console = _console()
-  methods = demo.parse_methods(args.methods)
+  methods = methods_lib.parse(args.methods)
   console.print(
       f"[bold]jaxunlearn demo[/bold]: dataset={args.dataset} model={args.model} forget={args.forget} seed={args.seed}"
   )
@@ -192,10 +223,11 @@ def _write_outputs(console, report: dict, args, plot_name: str) -> None:
 def _run_score(args) -> int:
   from rich.table import Table
 
-  from jaxunlearn._src import demo, score
+  from jaxunlearn._src import methods as methods_lib
+  from jaxunlearn._src import score
 
   console = _console()
-  methods = demo.parse_methods(args.methods)
+  methods = methods_lib.parse(args.methods)
   console.print(
       f"[bold]jaxunlearn score[/bold]: dataset={args.dataset} model={args.model} forget={args.forget} "
       f"models={args.models} seed={args.seed}"

@@ -9,7 +9,7 @@ import pytest
 
 import jaxunlearn as ju
 from jaxunlearn import losses, models, training
-from jaxunlearn._src import recipes
+from jaxunlearn import recipes
 
 
 def _least_squares(n, d=4, seed=0, with_mask=False):
@@ -137,6 +137,6 @@ def test_fit_and_graddiff_with_micro_batches_follow_the_one_pass_steps(digits):
   chex.assert_trees_all_close(a, b, rtol=1e-4, atol=1e-5)
   assert not jax.tree_util.tree_all(jax.tree_util.tree_map(jnp.array_equal, a, params))  # it trained
   forget, retain = train.take(train.ids[:10]), train.take(train.ids[10:74])
-  c = recipes.graddiff(loss, params, forget, retain, **kw)
-  d = recipes.graddiff(loss, params, forget, retain, micro_batch=8, **kw)
+  c = recipes.gradient_difference(loss, params, forget=forget, retain=retain, **kw)
+  d = recipes.gradient_difference(loss, params, forget=forget, retain=retain, micro_batch=8, **kw)
   chex.assert_trees_all_close(c, d, rtol=1e-4, atol=1e-5)

@@ -132,17 +132,18 @@ def test_fit_with_non_parameter_state_matches_an_explicit_loop(digits):
 
 
 def test_recipes_carry_non_parameter_state(digits):
-  from jaxunlearn._src import recipes
+  from jaxunlearn import recipes
 
   train, _ = digits
   forget, retain = train.take(train.ids[:40]), train.take(train.ids[40:200])
   loss, params, stats = _bn_loss()
   opt = optax.sgd(0.05)
-  p1, s1 = recipes.finetune(loss, params, retain, optimizer=opt, epochs=1, batch_size=32, seed=0, state=stats)
+  p1, s1 = recipes.finetune(loss, params, retain=retain, optimizer=opt, epochs=1, batch_size=32, seed=0, state=stats)
   p2, s2 = training.fit(loss, params, retain, optimizer=opt, epochs=1, batch_size=32, seed=0, state=stats)
   for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p2, s2))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  p3, s3 = recipes.graddiff(loss, params, forget, retain, optimizer=opt, epochs=1, batch_size=32, seed=0, state=stats)
+  p3, s3 = recipes.gradient_difference(loss, params, forget=forget, retain=retain, optimizer=opt, epochs=1,
+                                       batch_size=32, seed=0, state=stats)
   # Explicit loop of gradient difference with state: forget batch, then retain batch, per step.
   p, s, o = params, stats, opt.init(params)
   forget_batches = [b for e in range(3) for b in data.batches(forget, 32, seed=1, epoch=e)]

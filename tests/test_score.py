@@ -4,7 +4,7 @@ import jax
 import optax
 import pytest
 
-from jaxunlearn import cli, data, losses, metrics, models, training
+from jaxunlearn import cli, data, losses, methods, metrics, models, training
 from jaxunlearn._src import score
 
 
@@ -18,7 +18,7 @@ def test_random_forgetting_score_with_32_models(tmp_path, capsys):
   import json
 
   report = json.loads(out.read_text())
-  assert report["models"] == 32 and set(report["methods"]) == set(score.LANE_METHODS)
+  assert report["models"] == 32 and set(report["methods"]) == set(methods.names())
   ref = report["retrain"]
   for name, row in [("original", report["original"]), *report["methods"].items()]:
     assert len(row["epsilon"]) == report["forget_size"] == 144

@@ -266,3 +266,26 @@ def test_cli_forget_refuses_another_device_count(tmp_path):
   _, err = bad.communicate(timeout=300)
   assert bad.returncode == 2 and "trained on cpu with 2 device(s)" in err and "with 1 device(s)" in err
   assert (tmp_path / "d" / "manifest.json").read_bytes() == before
+
+
+def test_cli_reloads_tfds_data_from_the_directory_given_at_training(tmp_path, monkeypatch):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from jaxunlearn import cli
+  from jaxunlearn._src import data as data_lib
+
+  seen = []
+  real = data_lib.load
+
+  def spy(name, *, data_dir=None):
+    seen.append(data_dir)
+    return real(name, data_dir=data_dir)
+
+  monkeypatch.setattr(data_lib, "load", spy)
+  d, where = str(tmp_path / "s"), str(tmp_path / "my_tfds")
+  with tfds.testing.mock_data(num_examples=24):
+    assert cli.main(["sisa", "train", "--dir", d, "--dataset", "tfds:mnist", "--data-dir", where, "--shards", "2",
+                     "--slices", "2", "--epochs", "1", "--batch-size", "8"]) == 0
+    assert cli.main(["sisa", "forget", "--dir", d, "--ids", "3"]) == 0
+    assert cli.main(["sisa", "verify", "--dir", d]) == 0
+  # train, forget and verify all read the data from --data-dir (forget used to fall back to the default).
+  assert seen == [where, where, where]

@@ -308,7 +308,8 @@ def test_ssd_transform_applies_dampening():
   i_f = {"w": jnp.asarray(rng.exponential(size=(4, 4)) * 20, jnp.float32)}
   i_d = {"w": jnp.asarray(rng.exponential(size=(4, 4)), jnp.float32)}
   tx = ju.selective_synaptic_dampening(alpha=3.0, dampening=1.0)
-  u, _ = jax.jit(lambda p: tx.update(p, tx.init(p), p, forget_importance=i_f, full_importance=i_d))(params)
+  zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+  u, _ = jax.jit(lambda p: tx.update(zero, tx.init(p), p, forget_importance=i_f, full_importance=i_d))(params)
   np.testing.assert_allclose(optax.apply_updates(params, u)["w"], _numpy_ssd(params["w"], i_f["w"], i_d["w"], 3.0, 1.0), rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="needs params"):
     tx.update(params, tx.init(params), None, forget_importance=i_f, full_importance=i_d)
@@ -542,3 +543,19 @@ def test_dataset_refuses_labels_out_of_range():
     ju.data.Dataset(x=np.zeros((2, 3), np.float32), y=np.array([1, 10]), ids=np.arange(2), num_classes=10, name="t")
   with pytest.raises(ValueError, match="labels y must be integers"):
     ju.data.Dataset(x=np.zeros((2, 3), np.float32), y=np.array([1.0, 2.0]), ids=np.arange(2), num_classes=10, name="t")
+
+
+def test_ssd_in_a_chain_dampens_what_the_preceding_transforms_produced():
+  rng = np.random.default_rng(3)
+  params = {"w": jnp.asarray(rng.normal(size=(4, 4)), jnp.float32)}
+  grads = {"w": jnp.asarray(rng.normal(size=(4, 4)), jnp.float32)}
+  i_f = {"w": jnp.asarray(rng.exponential(size=(4, 4)) * 20, jnp.float32)}
+  i_d = {"w": jnp.asarray(rng.exponential(size=(4, 4)), jnp.float32)}
+  tx = optax.chain(optax.sgd(0.1), ju.selective_synaptic_dampening(alpha=3.0, dampening=1.0))
+  u, _ = tx.update(grads, tx.init(params), params, forget_importance=i_f, full_importance=i_d)
+  stepped = np.asarray(params["w"]) - 0.1 * np.asarray(grads["w"])  # what sgd alone would give
+  np.testing.assert_allclose(optax.apply_updates(params, u)["w"], _numpy_ssd(stepped, i_f["w"], i_d["w"], 3.0, 1.0),
+                             rtol=1e-5, atol=1e-6)
+  # The states are optax's EmptyState, under the public names.
+  assert ju.SSDState is optax.EmptyState and ju.GradientAscentState is optax.EmptyState
+  assert isinstance(ju.gradient_difference().init(params), optax.EmptyState)

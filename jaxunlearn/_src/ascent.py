@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +11,8 @@ import optax
 from jaxunlearn._src.base import check_same_structure
 
 
-class GradientAscentState(NamedTuple):
-  """State holding nothing: ``gradient_ascent`` is stateless."""
+# Stateless: optax's EmptyState (the public name is kept as an alias).
+GradientAscentState = optax.EmptyState
 
 
 def gradient_ascent() -> optax.GradientTransformationExtraArgs:
@@ -37,9 +37,9 @@ def gradient_ascent() -> optax.GradientTransformationExtraArgs:
     Array([0.2], dtype=float32)
   """
 
-  def init_fn(params: Any) -> GradientAscentState:
+  def init_fn(params: Any) -> optax.EmptyState:
     del params
-    return GradientAscentState()
+    return optax.EmptyState()
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
@@ -48,8 +48,7 @@ def gradient_ascent() -> optax.GradientTransformationExtraArgs:
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-class GradientDifferenceState(NamedTuple):
-  """State holding nothing: ``gradient_difference`` is stateless."""
+GradientDifferenceState = optax.EmptyState
 
 
 def gradient_difference(
@@ -87,7 +86,7 @@ def gradient_difference(
 
   def init_fn(params: Any) -> GradientDifferenceState:
     del params
-    return GradientDifferenceState()
+    return optax.EmptyState()
 
   def update_fn(updates, state, params=None, *, retain_grads, **extra_args):
     del params, extra_args

@@ -59,6 +59,12 @@ def vary(x: jax.Array, axes) -> jax.Array:
   return jax.lax.pcast(x, missing, to="varying") if missing else x
 
 
+def needs_params(name: str) -> ValueError:
+  """The error of a transform that edits parameters and was called without them."""
+  return ValueError(f"{name} needs params: call update(updates, state, params, ...) (it edits parameters, so "
+                    "optax must pass them).")
+
+
 def check_same_structure(reference: Any, other: Any, *, ref_name: str, other_name: str) -> None:
   """Raises ``ValueError`` unless ``other`` has the pytree structure and leaf shapes of ``reference``."""
   ref_def = jax.tree_util.tree_structure(reference)

@@ -85,6 +85,11 @@ class Dataset:
       )
     return order[where]
 
+  def as_batch(self) -> dict[str, np.ndarray]:
+    """The whole split as one batch ``{"x", "y", "ids"}`` (what ``fisher_diagonal`` and the
+    losses take)."""
+    return {"x": self.x, "y": self.y, "ids": self.ids}
+
   def take(self, ids: Sequence[int] | np.ndarray) -> "Dataset":
     """The sub-dataset holding exactly ``ids`` (in the split's order)."""
     pos = np.sort(self.positions(ids))

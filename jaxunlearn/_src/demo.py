@@ -4,105 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import jax
 import numpy as np
 import optax
 
 from jaxunlearn._src import data as data_lib
-from jaxunlearn._src import losses, metrics, models, recipes, training
+from jaxunlearn._src import losses, metrics, models, training
+from jaxunlearn._src import methods as methods_lib
 from jaxunlearn._src.relearn import relearn_steps
 
 
-@dataclass(frozen=True)
-class Setup:
-  """Everything a method needs: the model, data and the trained original."""
-
-  apply: Callable
-  init: Callable
-  loss: Callable
-  original: object
-  train: data_lib.Dataset
-  forget: data_lib.Dataset
-  retain: data_lib.Dataset
-  seed: int
-  batch_size: int
-
-
-# Each method's documented defaults, shared by ``demo`` (one model) and ``score`` (N models at once).
-HYPER: dict[str, dict] = {
-    "finetune": {"learning_rate": 1e-3, "epochs": 3},
-    "gradient_ascent": {"learning_rate": 2e-2, "epochs": 1, "batch_size": 32},
-    "gradient_difference": {"learning_rate": 4e-4, "epochs": 1},
-    "ssd": {"alpha": 5.0, "dampening": 1.0, "batch_size": 64},
-    "reset_repair": {"learning_rate": 3e-3, "epochs": 5, "mask": "head"},
-}
-
-
 RELEARN = {"learning_rate": 1e-3, "batch_size": 32, "max_steps": 100}
-
-# A builder receives the setup and returns the zero-argument job, so that optimizers are built once
-# and the second (timed) run reuses the compiled steps.
-def _finetune(s: Setup):
-  h = HYPER["finetune"]
-  opt = optax.adam(h["learning_rate"])
-  return lambda: recipes.finetune(
-      s.loss, s.original, s.retain, optimizer=opt, epochs=h["epochs"], batch_size=s.batch_size, seed=s.seed
-  )
-
-
-def _gradient_ascent(s: Setup):
-  h = HYPER["gradient_ascent"]
-  opt = optax.sgd(h["learning_rate"])
-  return lambda: recipes.ascend(
-      s.loss, s.original, s.forget, optimizer=opt, epochs=h["epochs"], batch_size=h["batch_size"], seed=s.seed
-  )
-
-
-def _gradient_difference(s: Setup):
-  h = HYPER["gradient_difference"]
-  opt = optax.adam(h["learning_rate"])
-  return lambda: recipes.graddiff(
-      s.loss, s.original, s.forget, s.retain, optimizer=opt, epochs=h["epochs"], batch_size=s.batch_size, seed=s.seed
-  )
-
-
-def _ssd(s: Setup):
-  h = HYPER["ssd"]
-  return lambda: recipes.ssd(
-      s.loss, s.original, s.forget, s.train, alpha=h["alpha"], dampening=h["dampening"], batch_size=h["batch_size"]
-  )
-
-
-def _reset_repair(s: Setup):
-  h = HYPER["reset_repair"]
-  opt = optax.adam(h["learning_rate"])
-  key = jax.random.fold_in(jax.random.key(s.seed), 7)
-  return lambda: recipes.reset_repair(
-      s.loss, s.original, s.retain, mask=h["mask"], init_fn=s.init, key=key, optimizer=opt, epochs=h["epochs"],
-      batch_size=s.batch_size, seed=s.seed,
-  )
-
-
-METHODS: dict[str, tuple[str, Callable[[Setup], Callable[[], object]]]] = {
-    "finetune": ("3 epochs of Adam(1e-3) on the retain set", _finetune),
-    "gradient_ascent": ("1 epoch of gradient ascent, SGD(0.02), batch 32, on the forget set", _gradient_ascent),
-    "gradient_difference": ("1 retain epoch of gradient difference, Adam(4e-4)", _gradient_difference),
-    "ssd": ("SSD with per-example Fisher, alpha=5, dampening=1", _ssd),
-    "reset_repair": ("re-initialise the output layer, then 5 epochs of Adam(3e-3) on the retain set", _reset_repair),
-}
-
-
-def parse_methods(spec: str) -> list[str]:
-  """``"all"`` or a comma-separated list of known method names."""
-  if spec == "all":
-    return list(METHODS)
-  names = [m.strip() for m in spec.split(",") if m.strip()]
-  unknown = [m for m in names if m not in METHODS]
-  if unknown or not names:
-    raise ValueError(f"unknown method(s) {unknown or spec!r}; known methods: {', '.join(METHODS)}.")
-  return names
 
 
 def _timed(fn: Callable[[], object]) -> tuple[object, float, float]:
@@ -142,7 +55,7 @@ def run(
     log: Callable[[str], None] = lambda _: None,
 ) -> dict:
   """Runs the demo and returns a JSON-ready report (see ``jaxunlearn demo --json``)."""
-  methods = list(METHODS) if methods is None else methods
+  methods = methods_lib.names() if methods is None else methods
   train, test, forget_ds, retain_ds, apply, init_params, init, loss = prepare(
       dataset=dataset, forget=forget, model=model, seed=seed, data_dir=data_dir
   )
@@ -194,7 +107,6 @@ def run(
   }
   report["retrain"], retrain_forget_logits = evaluate(retrained, first, steady, None)
   report["original"], _ = evaluate(original, original_first, original_steady, retrain_forget_logits)
-  setup = Setup(apply, init, loss, original, train, forget_ds, retain_ds, seed, batch_size)
   report["methods"] = {}
   # Relearn time: Adam steps on the forget set until forget accuracy is back to the original's.
   relearn_opt = optax.adam(RELEARN["learning_rate"])
@@ -206,10 +118,14 @@ def run(
 
   report["retrain"]["relearn_steps"] = relearn(retrained)
   report["original"]["relearn_steps"] = relearn(original)
+  context = {"init_fn": init}
   for name in methods:
-    description, method = METHODS[name]
+    method = methods_lib.get(name)
+    description = method.describe()
     log(f"{name}: {description}")
-    params, first, steady = _timed(method(setup))
+    needs = {k: context[k] for k in method.needs}
+    params, first, steady = _timed(lambda: method(loss, original, forget=forget_ds, retain=retain_ds, seed=seed,
+                                                  **needs))
     row, _ = evaluate(params, first, steady, retrain_forget_logits)
     row["description"] = description
     row["relearn_steps"] = relearn(params)

@@ -11,6 +11,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxunlearn._src import fastfisher
+from jaxunlearn._src.data import Dataset
 from jaxunlearn._src.microbatch import batch_grad, check_micro_batch
 from jaxunlearn._src.base import LossFn, Params, check_finite, example_count, vary
 
@@ -175,7 +176,8 @@ def fisher_diagonal(
     loss_fn: ``loss(params, batch) -> scalar`` giving the *mean* loss of a batch (it is called on
       single-example batches when ``per_example``). Must be hashable (a function is).
     params: parameter pytree.
-    data: pytree of arrays sharing a leading example axis, e.g. ``{"x": x, "y": y}``.
+    data: pytree of arrays sharing a leading example axis, e.g. ``{"x": x, "y": y}``, or a
+      ``jaxunlearn.data.Dataset`` (its ``as_batch()``).
     batch_size: examples per chunk (per minibatch when ``per_example=False``).
     per_example: squared per-example gradients (True) or squared minibatch gradients (False).
     axis_name: the ``pmap``/``shard_map`` axis (or tuple of axes) to reduce over, if any.
@@ -211,6 +213,8 @@ def fisher_diagonal(
     >>> jaxunlearn.fisher_diagonal(loss, {"w": jnp.float32(1.0)}, data, batch_size=1)["w"]
     Array(34., dtype=float32)
   """
+  if isinstance(data, Dataset):
+    data = data.as_batch()
   if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
     raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
   if example_count(data, name="data") == 0:

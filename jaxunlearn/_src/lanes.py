@@ -110,7 +110,7 @@ def epochs_schedule(
 
 def table(ds: data_lib.Dataset) -> dict[str, jax.Array]:
   """The device-resident data table ``{"x", "y", "ids"}`` that schedules index into."""
-  return {"x": jnp.asarray(ds.x), "y": jnp.asarray(ds.y), "ids": jnp.asarray(ds.ids)}
+  return {k: jnp.asarray(v) for k, v in ds.as_batch().items()}
 
 
 def _gather(tbl, idx, mask):

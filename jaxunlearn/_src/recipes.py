@@ -1,68 +1,118 @@
-"""Complete unlearning procedures, built only from the library's transforms and statistics.
+r"""Complete unlearning procedures with one signature, built from the library's transforms.
 
-Each recipe takes a loss builder's ``loss(params, batch)``, the trained parameters and the
-forget/retain data, and returns unlearned parameters. They are what ``jaxunlearn demo`` runs.
+Every recipe is ``recipe(loss_fn, params, *, forget, retain, seed, **hyper) -> params``:
+
+* ``loss_fn(params, batch) -> scalar``: the mean loss of a batch honouring ``batch["mask"]`` (the
+  builders in ``jaxunlearn.losses`` do); with ``state=``, ``loss(params, batch, state) -> (loss,
+  new_state)`` for models with non-parameter state (batch-norm statistics, an NNX model's
+  non-``Param`` state), and the recipe returns ``(params, state)``.
+* ``forget`` / ``retain``: a ``jaxunlearn.data.Dataset`` or a dict of arrays with ``"x"`` and
+  ``"y"`` (and ``"ids"``; without them the row numbers serve as ids).
+* ``seed``: the shuffling seed (required: nothing defaults to seed 0).
+* ``**hyper``: the method's hyper-parameters. Their defaults are written once, in these
+  signatures; the method registry (``jaxunlearn.methods``) reads them from here.
+
+Optimizers are built from ``learning_rate`` once per value and reused, so that calling a recipe
+again reuses its compiled steps (they are cached by the optimizer's identity); pass
+``optimizer=`` to use your own instead.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+from typing import Any
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxunlearn._src import data as data_lib
 from jaxunlearn._src import training
-from jaxunlearn._src.ascent import gradient_ascent, gradient_difference
+from jaxunlearn._src.ascent import gradient_ascent as _gradient_ascent_tx
+from jaxunlearn._src.ascent import gradient_difference as _gradient_difference_tx
 from jaxunlearn._src.base import LossFn, Mask, Params, PRNGKey
 from jaxunlearn._src.importance import fisher_diagonal
 from jaxunlearn._src.microbatch import batch_grad, check_micro_batch
 from jaxunlearn._src.reset import reset_params
-from jaxunlearn._src.ssd import ssd_dampen
+from jaxunlearn._src.ssd import SSD_ALPHA, ssd_dampen
+
+Data = Any  # a Dataset, or a dict of arrays {"x", "y"[, "ids"]}
 
 
-def _arrays(ds: data_lib.Dataset) -> dict[str, jax.Array]:
-  return {"x": jnp.asarray(ds.x), "y": jnp.asarray(ds.y), "ids": jnp.asarray(ds.ids)}
+@functools.lru_cache(maxsize=64)
+def cached_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+  """``optax.<name>(learning_rate)``, one object per value (so compiled steps are reused)."""
+  return getattr(optax, name)(learning_rate)
 
 
-# Every recipe that trains takes ``state=``: non-parameter state (batch-norm statistics, an NNX
-# model's non-Param state) for a ``loss(params, batch, state) -> (loss, new_state)``; it then
-# returns ``(params, state)`` (see ``training.fit``).
+def as_dataset(data: Data, *, name: str) -> data_lib.Dataset:
+  """A ``Dataset`` from a ``Dataset`` or a dict of arrays ``{"x", "y"[, "ids"]}``."""
+  if isinstance(data, data_lib.Dataset):
+    return data
+  if not hasattr(data, "keys") or "x" not in data or "y" not in data:
+    raise TypeError(f"{name} must be a jaxunlearn.data.Dataset or a dict with 'x' and 'y' arrays, got "
+                    f"{type(data).__name__}.")
+  x, y = np.asarray(data["x"]), np.asarray(data["y"])
+  ids = np.asarray(data["ids"]) if "ids" in data else np.arange(len(x), dtype=np.int64)
+  num_classes = int(y.max()) + 1 if y.size else 1
+  return data_lib.Dataset(x=x, y=y, ids=data_lib.as_ids(ids), num_classes=num_classes, name=name)
+
+
+def _required(data: Data | None, name: str, method: str) -> data_lib.Dataset:
+  if data is None:
+    raise ValueError(f"{method} needs {name}=.")
+  ds = as_dataset(data, name=name)
+  if len(ds) == 0:
+    raise ValueError(f"{method}: the {name} set is empty.")
+  return ds
 
 
 def finetune(
-    loss_fn: LossFn, params: Params, retain: data_lib.Dataset, *, optimizer, epochs: int, batch_size: int, seed: int,
-    state=None,
+    loss_fn: LossFn, params: Params, *, forget: Data | None = None, retain: Data, seed: int,
+    learning_rate: float = 1e-3, epochs: int = 3, batch_size: int = 128,
+    optimizer: optax.GradientTransformation | None = None, state: Any = None,
 ):
-  """Fine-tunes on the retain set alone (the "catastrophic forgetting" baseline)."""
-  return training.fit(loss_fn, params, retain, optimizer=optimizer, epochs=epochs, batch_size=batch_size, seed=seed,
+  """Fine-tunes on the retain set alone with Adam: the "catastrophic forgetting" baseline.
+
+  ``forget`` is not used (accepted for the common signature).
+  """
+  del forget
+  retain = _required(retain, "retain", "finetune")
+  opt = optimizer or cached_optimizer("adam", learning_rate)
+  return training.fit(loss_fn, params, retain, optimizer=opt, epochs=epochs, batch_size=batch_size, seed=seed,
                       state=state)
 
 
-def ascend(
-    loss_fn: LossFn, params: Params, forget: data_lib.Dataset, *, optimizer, epochs: int, batch_size: int, seed: int,
-    state=None,
+@functools.lru_cache(maxsize=32)
+def _ascent_chain(opt) -> optax.GradientTransformationExtraArgs:
+  # Cached so that the same optimizer gives the same chain object, hence one compiled step.
+  return optax.chain(_gradient_ascent_tx(), opt)
+
+
+def gradient_ascent(
+    loss_fn: LossFn, params: Params, *, forget: Data, retain: Data | None = None, seed: int,
+    learning_rate: float = 2e-2, epochs: int = 1, batch_size: int = 32,
+    optimizer: optax.GradientTransformation | None = None, state: Any = None,
 ):
-  """Gradient ascent on the forget loss: ``fit`` with ``chain(gradient_ascent(), optimizer)``."""
-  tx = _ascent_chain(optimizer)
+  r"""Gradient ascent on the forget loss, :math:`\theta \leftarrow \theta + \eta \nabla_\theta
+  \mathcal{L}_f` (SGD by default): ``fit`` with ``chain(gradient_ascent(), optimizer)``.
+
+  ``retain`` is not used (accepted for the common signature).
+  """
+  del retain
+  forget = _required(forget, "forget", "gradient_ascent")
+  tx = _ascent_chain(optimizer or cached_optimizer("sgd", learning_rate))
   return training.fit(loss_fn, params, forget, optimizer=tx, epochs=epochs, batch_size=batch_size, seed=seed,
                       state=state)
 
 
 @functools.lru_cache(maxsize=32)
-def _ascent_chain(optimizer) -> optax.GradientTransformationExtraArgs:
-  # Cached so that the same optimizer gives the same chain object, hence one compiled step.
-  return optax.chain(gradient_ascent(), optimizer)
-
-
-@functools.lru_cache(maxsize=32)
 def _graddiff_step(
-    loss_fn: LossFn, optimizer, forget_weight: float, retain_weight: float, micro_batch: int | None = None,
+    loss_fn: LossFn, opt, forget_weight: float, retain_weight: float, micro_batch: int | None = None,
     stateful: bool = False,
 ):
-  tx = optax.chain(gradient_difference(forget_weight, retain_weight), optimizer)
+  tx = optax.chain(_gradient_difference_tx(forget_weight, retain_weight), opt)
   if stateful:
     grad_aux = jax.grad(loss_fn, has_aux=True)
 
@@ -77,41 +127,35 @@ def _graddiff_step(
   grad = batch_grad(loss_fn, micro_batch)
 
   @jax.jit
-  def step(params, state, forget_batch, retain_batch):
+  def step(params, opt_state, forget_batch, retain_batch):
     forget_grads = grad(params, forget_batch)
     retain_grads = grad(params, retain_batch)
-    updates, state = tx.update(forget_grads, state, params, retain_grads=retain_grads)
-    return optax.apply_updates(params, updates), state
+    updates, opt_state = tx.update(forget_grads, opt_state, params, retain_grads=retain_grads)
+    return optax.apply_updates(params, updates), opt_state
 
   return tx, step
 
 
-def graddiff(
-    loss_fn: LossFn,
-    params: Params,
-    forget: data_lib.Dataset,
-    retain: data_lib.Dataset,
-    *,
-    optimizer,
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    forget_weight: float = 1.0,
-    retain_weight: float = 1.0,
-    micro_batch: int | None = None,
-    state=None,
+def gradient_difference(
+    loss_fn: LossFn, params: Params, *, forget: Data, retain: Data, seed: int,
+    learning_rate: float = 4e-4, epochs: int = 1, batch_size: int = 128, forget_weight: float = 1.0,
+    retain_weight: float = 1.0, micro_batch: int | None = None,
+    optimizer: optax.GradientTransformation | None = None, state: Any = None,
 ):
-  """Gradient difference: each step pairs a retain batch with the next (cycled) forget batch.
+  r"""Gradient difference (Liu et al., 2022): Adam on :math:`w_r \nabla \mathcal{L}_r - w_f \nabla
+  \mathcal{L}_f`, each retain batch paired with the next (cycled) forget batch.
 
-  One epoch is one pass over the retain set; the update is ``optimizer`` applied to
-  ``retain_weight * g_retain - forget_weight * g_forget``. With ``micro_batch``, both gradients
-  are computed in micro-batches (``microbatch_value_and_grad``). With ``state``, the forget batch
-  then the retain batch update it, and ``(params, state)`` is returned.
+  One epoch is one pass over the retain set. With ``micro_batch``, both gradients are computed in
+  micro-batches (``microbatch_value_and_grad``). With ``state``, the forget batch then the retain
+  batch update it.
   """
+  forget = _required(forget, "forget", "gradient_difference")
+  retain = _required(retain, "retain", "gradient_difference")
   micro_batch = None if micro_batch is None else check_micro_batch(micro_batch)
   if state is not None and micro_batch is not None:
     raise ValueError("micro_batch and state cannot be combined: the state of one micro-batch would feed the next.")
-  tx, step = _graddiff_step(loss_fn, optimizer, float(forget_weight), float(retain_weight), micro_batch,
+  opt = optimizer or cached_optimizer("adam", learning_rate)
+  tx, step = _graddiff_step(loss_fn, opt, float(forget_weight), float(retain_weight), micro_batch,
                             state is not None)
   opt_state = tx.init(params)
   forget_size = min(batch_size, len(forget))
@@ -127,38 +171,49 @@ def graddiff(
   return params if state is None else (params, state)
 
 
+def _union(forget: data_lib.Dataset, retain: data_lib.Dataset) -> data_lib.Dataset:
+  """forget ∪ retain in id order (for a split of a dataset with ordered ids: the dataset itself)."""
+  ids = np.concatenate([forget.ids, retain.ids])
+  order = np.argsort(ids, kind="stable")
+  return data_lib.Dataset(x=np.concatenate([forget.x, retain.x])[order], y=np.concatenate([forget.y, retain.y])[order],
+                          ids=ids[order], num_classes=max(forget.num_classes, retain.num_classes), name=retain.name)
+
+
 def ssd(
-    loss_fn: LossFn,
-    params: Params,
-    forget: data_lib.Dataset,
-    full: data_lib.Dataset,
-    *,
-    alpha: float,
-    dampening: float,
-    batch_size: int,
-    per_example: bool = True,
+    loss_fn: LossFn, params: Params, *, forget: Data, retain: Data, seed: int | None = None,
+    alpha: float = SSD_ALPHA, dampening: float = 1.0, batch_size: int = 64, per_example: bool = True,
+    full: Data | None = None,
 ) -> Params:
-  """Selective Synaptic Dampening: Fisher importances on forget and full data, then ``ssd_dampen``."""
-  i_f = fisher_diagonal(loss_fn, params, _arrays(forget), batch_size=batch_size, per_example=per_example)
-  i_d = fisher_diagonal(loss_fn, params, _arrays(full), batch_size=batch_size, per_example=per_example)
+  r"""Selective Synaptic Dampening (Foster et al., AAAI 2024): diagonal Fisher importances on the
+  forget set (:math:`I_f`) and on all training data (:math:`I_D`, default ``forget ∪ retain``),
+  then ``ssd_dampen``.
+
+  ``alpha`` = 5 (``SSD_ALPHA``, shared with the transform) rather than the paper's 10: with :math:`I_D` computed over data that contain the
+  forget set, :math:`I_f / I_D \le n / n_f` for every parameter, about 10 when forgetting one class
+  of ten, so alpha = 10 selects almost nothing there. ``seed`` is not used (no randomness).
+  """
+  del seed
+  forget = _required(forget, "forget", "ssd")
+  full = _union(forget, _required(retain, "retain", "ssd")) if full is None else _required(full, "full", "ssd")
+  i_f = fisher_diagonal(loss_fn, params, forget, batch_size=batch_size, per_example=per_example)
+  i_d = fisher_diagonal(loss_fn, params, full, batch_size=batch_size, per_example=per_example)
   return ssd_dampen(params, i_f, i_d, alpha=alpha, dampening=dampening)
 
 
 def reset_repair(
-    loss_fn: LossFn,
-    params: Params,
-    retain: data_lib.Dataset,
-    *,
-    mask: Mask,
-    init_fn,
-    key: PRNGKey,
-    optimizer,
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    state=None,
+    loss_fn: LossFn, params: Params, *, forget: Data | None = None, retain: Data, seed: int, init_fn,
+    mask: Mask = "head", learning_rate: float = 3e-3, epochs: int = 5, batch_size: int = 128,
+    key: PRNGKey | None = None, optimizer: optax.GradientTransformation | None = None, state: Any = None,
 ):
-  """Re-initialises the masked layers from ``init_fn(key)``, then fine-tunes on the retain set."""
+  """Re-initialises the layers selected by ``mask`` from ``init_fn(key)`` (``key`` defaults to
+  ``fold_in(key(seed), 7)``), then fine-tunes on the retain set with Adam.
+
+  ``forget`` is not used (accepted for the common signature).
+  """
+  del forget
+  retain = _required(retain, "retain", "reset_repair")
+  key = jax.random.fold_in(jax.random.key(seed), 7) if key is None else key
   params = reset_params(params, init_fn(key), mask)
-  return training.fit(loss_fn, params, retain, optimizer=optimizer, epochs=epochs, batch_size=batch_size, seed=seed,
+  opt = optimizer or cached_optimizer("adam", learning_rate)
+  return training.fit(loss_fn, params, retain, optimizer=opt, epochs=epochs, batch_size=batch_size, seed=seed,
                       state=state)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn._src.base import Mask, Params, PRNGKey, check_same_structure, resolve_mask
+from jaxunlearn._src.base import Mask, Params, PRNGKey, check_same_structure, resolve_mask, needs_params
 
 
 def reset_params(params: Params, fresh: Params, mask: Mask) -> Params:
@@ -78,7 +78,7 @@ def layer_reset(
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if params is None:
-      raise ValueError("layer_reset needs params: call update(updates, state, params).")
+      raise needs_params("layer_reset")
     new_key, sub = jax.random.split(state.key)
     fresh = init_fn(sub)
     check_same_structure(params, fresh, ref_name="params", other_name="init_fn(key)")

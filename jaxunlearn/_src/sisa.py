@@ -195,7 +195,7 @@ def _file_sha256(path: str) -> str:
 
 
 _CONFIG_KEYS = ("format", "sisa", "data", "plan", "excluded_at_train", "resolved_strategy", "backend", "devices",
-                "jax", "digest")
+                "jax", "data_dir", "digest")
 
 
 def read_config(directory: str) -> dict | None:
@@ -274,6 +274,8 @@ class SISA:
     loss_fn: ``loss(params, batch) -> scalar`` honouring ``batch["mask"]``.
     optimizer: any optax transformation (the same one on every open of the directory).
     config: hyper-parameters for a new directory; ``None`` reads them from an existing one.
+    data_dir: where the data were loaded from (recorded at training so that the command line
+      reloads them from the same place; informational for library users).
 
   Example:
     >>> import tempfile, optax, jax
@@ -300,6 +302,7 @@ class SISA:
       loss_fn: LossFn,
       optimizer: optax.GradientTransformation,
       config: SisaConfig | None = None,
+      data_dir: str | None = None,
   ):
     self.directory = os.path.abspath(directory)
     self.data = data
@@ -318,6 +321,7 @@ class SISA:
     self.config = config
     if stored is not None and stored["data"] != _data_fingerprint(data):
       raise ValueError(f"the data differs from the data {self.directory} was trained on (fingerprint mismatch).")
+    self._data_dir = data_dir
     self._table = None
     self._template = None
 
@@ -731,28 +735,33 @@ class SISA:
   def _housekeep(self, manifest: dict, *, locked: bool = False) -> None:
     """Finishes what a crash or an error after a commit left: missing ledger records, unreferenced
     checkpoints. ``locked``: the caller holds the writer and switch locks; otherwise they are taken
-    if free (a writer at work finishes its own). Warns while checkpoints that may hold forgotten
-    ids remain."""
+    if free (a writer at work finishes its own, and what is unreferenced may be its new
+    checkpoints). Warns while checkpoints that may hold forgotten ids remain."""
     logged = {_canonical(r) for r in self._read_ledger()}
+    if not (any(_canonical(r) not in logged for r in manifest["requests"]) or self._unreferenced(manifest)):
+      return
+    if locked:
+      self._cleanup_or_warn(manifest)
+      return
+    try:
+      with self._locked(wait=0), self._switch(shared=False):
+        self._cleanup_or_warn(self._read_manifest())
+    except LockTimeout:
+      pass  # a writer is at work; it sweeps at its commit
+
+  def _cleanup_or_warn(self, manifest: dict) -> None:
+    """Under the writer lock: cleanup, then a warning if unreferenced checkpoints remain."""
     cause = ""
-    if any(_canonical(r) not in logged for r in manifest["requests"]) or self._unreferenced(manifest):
-      try:
-        if locked:
-          self._cleanup(manifest)
-        else:
-          with self._locked(wait=0), self._switch(shared=False):
-            manifest = self._read_manifest()
-            self._cleanup(manifest)
-      except LockTimeout:
-        return  # a writer is at work (what is unreferenced may be its new checkpoints); it sweeps at its commit
-      except Exception as err:
-        cause = f" Cleanup failed: {type(err).__name__}: {err}."
+    try:
+      self._cleanup(manifest)
+    except Exception as err:
+      cause = f" Cleanup failed: {type(err).__name__}: {err}."
     left = self._unreferenced(manifest)
     if left:
       shown = ", ".join(os.path.relpath(p, self.directory) for p in left[:5]) + (" ..." if len(left) > 5 else "")
       warnings.warn(f"{len(left)} checkpoint file(s) under {self._path('ckpt')} are not referenced by the manifest "
                     f"and may hold forgotten ids: {shown}.{cause} Every command retries the cleanup.",
-                    SisaWarning, stacklevel=3)
+                    SisaWarning, stacklevel=4)
 
   def _check_platform(self, what: str) -> None:
     stored = self._stored
@@ -804,7 +813,7 @@ class SISA:
           "format": FORMAT, "sisa": dataclasses.asdict(c), "data": _data_fingerprint(self.data),
           "plan": _file_sha256(plan_path), "excluded_at_train": sorted(excluded),
           "resolved_strategy": resolved, "backend": jax.default_backend(), "devices": jax.device_count(),
-          "jax": jax.__version__,
+          "jax": jax.__version__, "data_dir": self._data_dir,
       })
       _fsync_write(self._path("config.json"), json.dumps(config, indent=1))
       self._stored = config

@@ -21,13 +21,14 @@ def _open(directory: str, config: sisa.SisaConfig | None = None, data_dir: str |
     if stored is None:
       raise FileNotFoundError(f"{directory} is not a SISA directory (no config.json); run `jaxunlearn sisa train` first.")
     config = sisa.SisaConfig(**stored["sisa"])
+    data_dir = stored["data_dir"]
   if config.dataset is None or config.model is None or config.learning_rate is None:
     raise ValueError(f"{directory} was created from Python with custom functions; open it with jaxunlearn.sisa.SISA.")
   train, test = data_lib.load(config.dataset, data_dir=data_dir)
   apply, _ = models.create(config.model, train.input_shape, train.num_classes, key=jax.random.key(0))
   init = models.init_fn(config.model, train.input_shape, train.num_classes)
   job = sisa.SISA(directory, train, init_fn=init, apply_fn=apply, loss_fn=losses.cross_entropy_loss(apply),
-                  optimizer=_adam(config.learning_rate), config=config)
+                  optimizer=_adam(config.learning_rate), config=config, data_dir=data_dir)
   return job, test
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn._src.base import Params, check_finite, check_positive, check_same_structure, is_concrete
+from jaxunlearn._src.base import Params, check_finite, check_positive, check_same_structure, is_concrete, needs_params
 
 
 def _check_importance(params: Params, importance: Params, name: str) -> None:
@@ -91,20 +90,27 @@ def _dampen(params, forget_importance, full_importance, alpha, dampening):
   return jax.tree_util.tree_map(leaf, params, forget_importance, full_importance)
 
 
-class SSDState(NamedTuple):
-  """State holding nothing: SSD is stateless."""
+# Stateless: optax's EmptyState (the public name is kept as an alias).
+SSDState = optax.EmptyState
 
 
-def selective_synaptic_dampening(alpha: float = 10.0, dampening: float = 1.0) -> optax.GradientTransformationExtraArgs:
+# The library's one default selection weighting (the transform's and the recipe's).
+SSD_ALPHA = 5.0
+
+
+def selective_synaptic_dampening(alpha: float = SSD_ALPHA, dampening: float = 1.0) -> optax.GradientTransformationExtraArgs:
   r"""Selective Synaptic Dampening as a gradient transformation.
 
   ``update(updates, state, params, *, forget_importance, full_importance)`` returns
-  ``ssd_dampen(params, ...) - params``, so ``optax.apply_updates(params, updates)`` yields the
-  dampened parameters (the incoming ``updates`` are discarded: SSD edits parameters, it does not
-  transform gradients). Place it last in a chain, or use it alone.
+  ``ssd_dampen(params + updates, ...) - params``, so ``optax.apply_updates(params, updates)``
+  yields the dampened version of whatever the preceding transforms of a chain produced (with zero
+  incoming updates, of ``params`` itself: SSD edits parameters, it does not transform gradients).
+  Place it last in a chain, or use it alone with zero updates.
 
   Args:
-    alpha: selection weighting :math:`\alpha` (> 0); see ``ssd_dampen``.
+    alpha: selection weighting :math:`\alpha` (> 0); see ``ssd_dampen``. The default, 5, is the
+      library's one default for SSD (the paper's code uses 10; see ``recipes.ssd`` for why 10
+      selects almost nothing when one class of ten is forgotten).
     dampening: dampening constant :math:`\lambda` (> 0).
 
   Returns:
@@ -115,7 +121,8 @@ def selective_synaptic_dampening(alpha: float = 10.0, dampening: float = 1.0) ->
     >>> import jaxunlearn
     >>> tx = jaxunlearn.selective_synaptic_dampening(alpha=10.0, dampening=1.0)
     >>> p = {"w": jnp.array([2.0, 2.0])}
-    >>> u, _ = tx.update(p, tx.init(p), p, forget_importance={"w": jnp.array([64.0, 1.0])},
+    >>> zero = {"w": jnp.zeros(2)}
+    >>> u, _ = tx.update(zero, tx.init(p), p, forget_importance={"w": jnp.array([64.0, 1.0])},
     ...                  full_importance={"w": jnp.array([1.0, 1.0])})
     >>> optax.apply_updates(p, u)["w"]  # 2 * min(1 / 64, 1) and 2 (not selected)
     Array([0.03125, 2.     ], dtype=float32)
@@ -125,13 +132,14 @@ def selective_synaptic_dampening(alpha: float = 10.0, dampening: float = 1.0) ->
 
   def init_fn(params):
     del params
-    return SSDState()
+    return optax.EmptyState()
 
   def update_fn(updates, state, params=None, *, forget_importance, full_importance, **extra_args):
-    del updates, extra_args
+    del extra_args
     if params is None:
-      raise ValueError("selective_synaptic_dampening needs params: call update(updates, state, params, ...).")
-    dampened = ssd_dampen(params, forget_importance, full_importance, alpha=alpha, dampening=dampening)
-    return jax.tree_util.tree_map(lambda d, p: d - p, dampened, params), state
+      raise needs_params("selective_synaptic_dampening")
+    proposed = optax.apply_updates(params, updates)
+    dampened = ssd_dampen(proposed, forget_importance, full_importance, alpha=alpha, dampening=dampening)
+    return jax.tree_util.tree_map(lambda d, p: (d - p).astype(p.dtype), dampened, params), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

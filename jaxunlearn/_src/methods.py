@@ -1,0 +1,142 @@
+"""The method registry: one entry per unlearning method, which ``demo``, ``score``, the benchmarks
+and the examples iterate over.
+
+An entry names the method's recipe (``jaxunlearn.recipes``, one signature for all) and, where it
+exists, its N-models version (``Stacked`` lanes). Its default hyper-parameters are read from the
+recipe's signature, the one place they are written. Adding a method is adding one entry (plus
+its transform or loss): ``register(Method(...))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from jaxunlearn._src import lane_recipes, recipes
+
+# Arguments of a recipe that are not hyper-parameters: the data, the seed, and what a user may
+# pass to override a default derived from the others.
+_NOT_HYPER = {"loss_fn", "params", "forget", "retain", "seed", "optimizer", "state", "key", "full", "micro_batch"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """One unlearning method.
+
+  Attributes:
+    name: the registry key (and the name of its recipe).
+    summary: a one-line description.
+    citation: where the method comes from.
+    unlearn: ``unlearn(loss_fn, params, *, forget, retain, seed, **hyper) -> params``.
+    unlearn_many: ``unlearn_many(stacked: Stacked, **hyper) -> stacked params`` for N models at
+      once, or ``None``.
+    needs: model context the recipe takes beyond the common arguments, e.g. ``("init_fn",)``.
+  """
+
+  name: str
+  summary: str
+  citation: str
+  unlearn: Callable[..., Any]
+  unlearn_many: Callable[..., Any] | None = None
+  needs: tuple[str, ...] = ()
+
+  @property
+  def defaults(self) -> dict[str, Any]:
+    """The hyper-parameters and their defaults, read from ``unlearn``'s signature."""
+    out = {}
+    for p in inspect.signature(self.unlearn).parameters.values():
+      if p.kind == p.KEYWORD_ONLY and p.name not in _NOT_HYPER and p.name not in self.needs \
+          and p.default is not p.empty and p.default is not None:
+        out[p.name] = p.default
+    return out
+
+  def __call__(self, loss_fn, params, *, forget, retain, seed: int, **kwargs):
+    """Runs the recipe: defaults, overridden by ``kwargs`` (hyper-parameters or ``needs``)."""
+    unknown = set(kwargs) - set(inspect.signature(self.unlearn).parameters)
+    if unknown:
+      raise TypeError(f"{self.name} has no argument(s) {sorted(unknown)}; its hyper-parameters are "
+                      f"{sorted(self.defaults)}.")
+    return self.unlearn(loss_fn, params, forget=forget, retain=retain, seed=seed, **kwargs)
+
+  def many(self, stacked: lane_recipes.Stacked, **overrides):
+    """Runs the N-models version with the defaults, overridden by ``overrides``."""
+    if self.unlearn_many is None:
+      raise NotImplementedError(f"{self.name} has no N-models version.")
+    return self.unlearn_many(stacked, **{**self.defaults, **overrides})
+
+  def describe(self, **overrides) -> str:
+    """The summary with the hyper-parameters in use."""
+    hyper = {**self.defaults, **overrides}
+    return f"{self.summary} ({', '.join(f'{k}={v!r}' for k, v in hyper.items())})"
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method, *, replace: bool = False) -> Method:
+  """Adds ``method`` to the registry (``replace=True`` to redefine a name)."""
+  if not method.name.isidentifier():
+    raise ValueError(f"method names are identifiers (they name recipes and CLI choices), got {method.name!r}.")
+  if method.name in _REGISTRY and not replace:
+    raise ValueError(f"method {method.name!r} is already registered (pass replace=True to redefine it).")
+  _REGISTRY[method.name] = method
+  return method
+
+
+def unregister(name: str) -> None:
+  """Removes a method (a user's experiment, a test's toy method)."""
+  get(name)
+  del _REGISTRY[name]
+
+
+def get(name: str) -> Method:
+  """The method called ``name``; ``ValueError`` listing the known ones otherwise."""
+  try:
+    return _REGISTRY[name]
+  except KeyError:
+    raise ValueError(f"unknown method {name!r}; known methods: {', '.join(_REGISTRY)}.") from None
+
+
+def names() -> list[str]:
+  """The registered methods, in registration order."""
+  return list(_REGISTRY)
+
+
+def all_methods() -> Mapping[str, Method]:
+  """A read-only view of the registry."""
+  import types
+
+  return types.MappingProxyType(_REGISTRY)
+
+
+def parse(spec: str) -> list[str]:
+  """``"all"`` or a comma-separated list of registered names (``ValueError`` naming the unknown)."""
+  if spec == "all":
+    return names()
+  chosen = [m.strip() for m in spec.split(",") if m.strip()]
+  unknown = [m for m in chosen if m not in _REGISTRY]
+  if unknown or not chosen:
+    raise ValueError(f"unknown method(s) {unknown or spec!r}; known methods: {', '.join(_REGISTRY)}.")
+  return chosen
+
+
+register(Method(
+    "finetune", "fine-tune on the retain set alone (catastrophic forgetting)",
+    "baseline of Golatkar et al., CVPR 2020", recipes.finetune, lane_recipes.finetune))
+register(Method(
+    "gradient_ascent", "gradient ascent on the forget-set loss", "the NegGrad baseline (e.g. Kurmanji et al., "
+    "NeurIPS 2023); Jang et al., ACL 2023 for language models", recipes.gradient_ascent, lane_recipes.gradient_ascent))
+register(Method(
+    "gradient_difference", "descend on the retain loss while ascending the forget loss",
+    "Liu et al., 'Continual learning and private unlearning', CoLLAs 2022", recipes.gradient_difference,
+    lane_recipes.gradient_difference))
+register(Method(
+    "ssd", "Selective Synaptic Dampening of parameters more important to the forget set",
+    "Foster et al., AAAI 2024", recipes.ssd, lane_recipes.ssd))
+register(Method(
+    "reset_repair", "re-initialise the selected layers, then fine-tune on the retain set",
+    "after EU-k (re-initialise the last k layers and retrain them; here every layer is then fine-tuned), "
+    "Goel et al., 2022, 'Towards adversarial evaluation of unlearning'",
+    recipes.reset_repair, lane_recipes.reset_repair, needs=("init_fn",)))
