@@ -11,6 +11,24 @@ from collections.abc import Sequence
 import numpy as np
 
 
+class _Parser(argparse.ArgumentParser):
+  """Help shows every option's default."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+    super().__init__(*args, **kwargs)
+
+
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+  return value
+
+
 def _demo_parser(sub) -> None:
   p = sub.add_parser(
       "demo",
@@ -24,14 +42,14 @@ def _demo_parser(sub) -> None:
 
 
 def _common_options(p, *, forget_default: str, plot_help: str) -> None:
-  p.add_argument("--dataset", default="digits", help="digits (default), mnist1d, mnist1d:N or tfds:NAME")
+  p.add_argument("--dataset", default="digits", help="digits, mnist1d, mnist1d:N or tfds:NAME")
   p.add_argument("--forget", default=forget_default,
-                 help=f"class:K[,K..] | random:FRACTION | ids:FILE (default {forget_default})")
+                 help=f"class:K[,K..] | random:FRACTION | ids:FILE")
   p.add_argument("--methods", default="all",
                  help="comma-separated methods, or 'all' (see `jaxunlearn methods`: " + ", ".join(_method_names()) + ")")
-  p.add_argument("--model", default="mlp", help="mlp (default) or cnn")
+  p.add_argument("--model", default="mlp", help="mlp or cnn")
   p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and selection")
-  p.add_argument("--epochs", type=int, default=20, help="epochs of original training and of retraining")
+  p.add_argument("--epochs", type=_positive_int, default=20, help="epochs of original training and of retraining")
   p.add_argument("--data-dir", default=None, help="TFDS data directory (tfds: datasets only)")
   p.add_argument("--json", dest="json_path", default=None, help="write the results as JSON to this path")
   p.add_argument("--plot", dest="plot_path", default=None, help=plot_help)
@@ -73,9 +91,9 @@ def _score_parser(sub) -> None:
       ),
   )
   _common_options(p, forget_default="random:0.1", plot_help="write a PNG (epsilon histograms, scores)")
-  p.add_argument("--models", type=int, default=32, help="models per method, N (default 32)")
+  p.add_argument("--models", type=_positive_int, default=32, help="models per method, N")
   p.add_argument("--strategy", default="vmap", choices=("vmap", "sequential"),
-                 help="train the N models in one vmapped program (default) or one after another")
+                 help="train the N models in one vmapped program or one after another")
 
 
 def _sisa_parser(sub) -> None:
@@ -84,12 +102,12 @@ def _sisa_parser(sub) -> None:
   ops = p.add_subparsers(dest="op", required=True)
   t = ops.add_parser("train", help="train S shard models slice by slice into --dir")
   t.add_argument("--dir", required=True, help="directory for checkpoints, plan, manifest and ledger (must be new)")
-  t.add_argument("--dataset", default="digits", help="digits (default), mnist1d, mnist1d:N or tfds:NAME")
-  t.add_argument("--model", default="mlp", help="mlp (default) or cnn")
-  t.add_argument("--shards", type=int, default=8)
-  t.add_argument("--slices", type=int, default=4)
-  t.add_argument("--epochs", type=int, default=20, help="epochs per shard model (spread over the slices)")
-  t.add_argument("--batch-size", type=int, default=32)
+  t.add_argument("--dataset", default="digits", help="digits, mnist1d, mnist1d:N or tfds:NAME")
+  t.add_argument("--model", default="mlp", help="mlp or cnn")
+  t.add_argument("--shards", type=_positive_int, default=8)
+  t.add_argument("--slices", type=_positive_int, default=4)
+  t.add_argument("--epochs", type=_positive_int, default=20, help="epochs per shard model (spread over the slices)")
+  t.add_argument("--batch-size", type=_positive_int, default=32)
   t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
   t.add_argument("--seed", type=int, default=0)
   t.add_argument("--strategy", default="auto", choices=("auto", "vmap", "sequential"),
@@ -119,8 +137,8 @@ def _sisa_parser(sub) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the ``jaxunlearn`` console script."""
-  parser = argparse.ArgumentParser(prog="jaxunlearn", description="Machine unlearning for JAX and Flax.")
-  sub = parser.add_subparsers(dest="command", required=True)
+  parser = _Parser(prog="jaxunlearn", description="Machine unlearning for JAX and Flax.")
+  sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
   _demo_parser(sub)
   _score_parser(sub)
   _methods_parser(sub)

@@ -76,3 +76,16 @@ def test_sisa_command_line_errors_and_cleanup_pending(tmp_path, capsys, monkeypa
   assert "sisa repair" in capsys.readouterr().err
   assert cli.main(["sisa", "repair", "--dir", d]) == 0
   assert "2 id(s) forgotten" in " ".join(capsys.readouterr().out.split())
+
+
+def test_cli_refuses_non_positive_counts_and_shows_defaults(capsys):
+  import pytest
+
+  for argv in (["demo", "--epochs", "0"], ["score", "--models", "-3"], ["sisa", "train", "--dir", "x", "--shards", "0"]):
+    with pytest.raises(SystemExit) as exit_info:
+      cli.main(argv)
+    assert exit_info.value.code == 2 and "expected a positive integer" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    cli.main(["demo", "--help"])
+  out = " ".join(capsys.readouterr().out.split())
+  assert "(default: 20)" in out and "gradient_difference" in out

@@ -235,3 +235,15 @@ def test_read_ids_file_refuses_what_is_not_a_text_file(tmp_path):
   path.write_bytes(b"3\n\x80\x81\n")
   with pytest.raises(ValueError, match="is not UTF-8 text"):
     data.read_ids_file(str(path))
+
+
+def test_random_ids_by_count(digits):
+  train, _ = digits
+  a = data.random_ids(train, count=7, seed=2)
+  assert len(a) == 7 and len(np.unique(a)) == 7 and np.isin(a, train.ids).all()
+  np.testing.assert_array_equal(a, data.random_ids(train, count=7, seed=2))
+  for bad in (0, len(train), -1, 2.0, True):
+    with pytest.raises(ValueError, match="count must be an integer"):
+      data.random_ids(train, count=bad, seed=0)
+  with pytest.raises(ValueError, match="exactly one of fraction= and count="):
+    data.random_ids(train, 0.1, count=3, seed=0)

@@ -280,16 +280,24 @@ def class_ids(ds: Dataset, classes: int | Sequence[int]) -> np.ndarray:
   return ds.ids[np.isin(ds.y, classes.astype(np.int64))]
 
 
-def random_ids(ds: Dataset, fraction: float, *, seed: int) -> np.ndarray:
-  """Ids of a seeded random ``fraction`` of the examples (at least one), sorted.
+def random_ids(ds: Dataset, fraction: float | None = None, *, seed: int, count: int | None = None) -> np.ndarray:
+  """Ids of a seeded random ``fraction`` of the examples (at least one), or of exactly ``count``
+  examples, sorted. Give one of the two.
 
   Raises:
-    ValueError: ``fraction`` not in (0, 1).
+    ValueError: ``fraction`` not in (0, 1), ``count`` not in [1, len(ds) - 1], or both or neither.
   """
-  if not (isinstance(fraction, (int, float, np.floating)) and 0.0 < float(fraction) < 1.0):
-    raise ValueError(f"fraction must be in (0, 1), got {fraction!r}.")
-  k = max(1, int(round(float(fraction) * len(ds))))
-  k = min(k, len(ds) - 1)
+  if (fraction is None) == (count is None):
+    raise ValueError("give exactly one of fraction= and count=.")
+  if count is not None:
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count < len(ds):
+      raise ValueError(f"count must be an integer in [1, {len(ds) - 1}] (something must be retained), got {count!r}.")
+    k = int(count)
+  else:
+    if not (isinstance(fraction, (int, float, np.floating)) and 0.0 < float(fraction) < 1.0):
+      raise ValueError(f"fraction must be in (0, 1), got {fraction!r}.")
+    k = max(1, int(round(float(fraction) * len(ds))))
+    k = min(k, len(ds) - 1)
   rng = np.random.default_rng(seed)
   return np.sort(rng.choice(ds.ids, size=k, replace=False))
 

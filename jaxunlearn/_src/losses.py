@@ -123,8 +123,9 @@ def teacher_kl_loss(apply_fn: ApplyFn, teacher_params: Params, *, temperature: f
   .. math:: \ell = T^2\,\mathrm{KL}\big(\mathrm{softmax}(g(x)/T)\,\|\,\mathrm{softmax}(f_\theta(x)/T)\big)
 
   with teacher logits ``g = apply_fn(teacher_params, x)`` (no gradient flows to the teacher).
-  Minimised on retain data it keeps the student close to the original (SCRUB's "max" step);
-  maximised on forget data it pushes the student away.
+  Minimised on retain data it keeps the student close to the original (SCRUB's "min" step, with
+  the cross-entropy); maximised on forget data it pushes the student away (SCRUB's "max" step;
+  Kurmanji et al., NeurIPS 2023).
   """
   if temperature <= 0:
     raise ValueError(f"temperature must be > 0, got {temperature}.")

@@ -976,8 +976,11 @@ class SISA:
 
   @contextlib.contextmanager
   def _reading(self):
-    """The live manifest, with the switch lock held shared while the caller reads checkpoints."""
-    manifest = self._live_manifest()
+    """The live manifest, with the switch lock held shared while the caller reads checkpoints.
+    (The manifest and the ledger are read under that lock too: a writer switches the one and
+    appends to the other while holding it exclusively.)"""
+    with self._switch(shared=True):
+      manifest = self._live_manifest()
     self._housekeep(manifest)
     with self._switch(shared=True):
       yield self._live_manifest()
