@@ -44,7 +44,7 @@ def _demo_parser(sub) -> None:
 def _common_options(p, *, forget_default: str, plot_help: str) -> None:
   p.add_argument("--dataset", default="digits", help="digits, mnist1d, mnist1d:N or tfds:NAME")
   p.add_argument("--forget", default=forget_default,
-                 help=f"class:K[,K..] | random:FRACTION | ids:FILE")
+                 help="class:K[,K..] | random:FRACTION | ids:FILE")
   p.add_argument("--methods", default="all",
                  help="comma-separated methods, or 'all' (see `jaxunlearn methods`: " + ", ".join(_method_names()) + ")")
   p.add_argument("--model", default="mlp", help="mlp or cnn")
