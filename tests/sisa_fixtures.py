@@ -13,6 +13,7 @@ import numpy as np
 import optax
 
 from jaxunlearn import losses, models, sisa
+from jaxunlearn._src import sisa_plan
 
 OPT = optax.adam(1e-3)
 CONFIG = dict(shards=3, slices=2, epochs=2, batch_size=16)
@@ -79,9 +80,9 @@ def check_invariants(job_maker: Job, directory, forgotten, tmp_root) -> None:
   assert set(manifest["forgotten"]) == set(forgotten), (sorted(manifest["forgotten"]), sorted(forgotten))
   plan_ = job._plan()
   for k in range(job.config.shards):
-    want = [job._stage_key(k, r, job._stage_ids(plan_, k, r, set(forgotten))) for r in range(job.config.slices)]
+    want = [job._stage_key(k, r, sisa_plan.stage_ids(plan_, k, r, set(forgotten))) for r in range(job.config.slices)]
     assert [name for name, _ in manifest["stages"][str(k)]] == want, f"shard {k} holds a stale checkpoint"
-  assert job._unreferenced(manifest) == [], "checkpoints that may hold forgotten ids were left on disk"
+  assert job.store.unreferenced(manifest) == [], "checkpoints that may hold forgotten ids were left on disk"
   ledger = [json.loads(x) for x in read(os.path.join(directory, "ledger.jsonl")).splitlines() if x.strip()] \
       if os.path.exists(os.path.join(directory, "ledger.jsonl")) else []
   logged = {json.dumps(r, sort_keys=True) for r in ledger}

@@ -1,7 +1,7 @@
 """Systematic fault injection into SISA's commit protocols and files.
 
 * Kill points: ``train``, ``forget`` and ``repair`` are stopped at *every* call of the protocol's
-  fault hook (``jaxunlearn._src.sisa._fault``: after each checkpoint save, before and after the
+  fault hook (``jaxunlearn._src.sisa_store.fault``: after each checkpoint save, before and after the
   manifest switch, before/while appending the ledger, before/while sweeping), by an exception
   that nothing in the library catches (as a kill: the files stay as they were at that point;
   ``SIGKILL`` itself is exercised by the subprocess tests in test_sisa.py). Then the user's next
@@ -30,7 +30,7 @@ import jax
 import pytest
 
 from jaxunlearn import sisa
-from jaxunlearn._src import sisa as sisa_impl
+from jaxunlearn._src import sisa_store
 from sisa_fixtures import array_files, check_invariants, copy_of, flip_bytes, read, stage_name, write
 
 OUTCOMES: list[tuple[str, str, str]] = []
@@ -78,9 +78,9 @@ def report():
 def _points(monkeypatch, action) -> list[str]:
   """The fault hook's calls during ``action()``, in order."""
   seen: list[str] = []
-  monkeypatch.setattr(sisa_impl, "_fault", seen.append)
+  monkeypatch.setattr(sisa_store, "fault", seen.append)
   action()
-  monkeypatch.setattr(sisa_impl, "_fault", lambda point: None)
+  monkeypatch.setattr(sisa_store, "fault", lambda point: None)
   return seen
 
 
@@ -91,7 +91,7 @@ def _kill_at(monkeypatch, index: int):
     if next(calls) == index:
       raise Killed(point)
 
-  monkeypatch.setattr(sisa_impl, "_fault", hook)
+  monkeypatch.setattr(sisa_store, "fault", hook)
 
 
 def _quiet(fn, *args, **kwargs):
@@ -117,7 +117,7 @@ def test_forget_killed_at_every_step(job_maker, sisa_base, tmp_path, monkeypatch
     _kill_at(monkeypatch, index)
     with pytest.raises(Killed):
       job_maker.open(d).forget(ids)
-    monkeypatch.setattr(sisa_impl, "_fault", lambda point: None)
+    monkeypatch.setattr(sisa_store, "fault", lambda point: None)
     committed = json.loads(read(os.path.join(d, "manifest.json")))["forgotten"] == sorted(ids)
     job = job_maker.open(d)
     if next_command == "status first":
@@ -142,7 +142,7 @@ def test_train_killed_at_every_step(job_maker, tmp_path, monkeypatch):
     _kill_at(monkeypatch, index)
     with pytest.raises(Killed):
       job_maker.open(d, new=True).train(exclude_ids=ids)
-    monkeypatch.setattr(sisa_impl, "_fault", lambda point: None)
+    monkeypatch.setattr(sisa_store, "fault", lambda point: None)
     if os.path.exists(d / "manifest.json"):
       outcome = "committed before the kill: the next command finishes the cleanup"
       _quiet(job_maker.open(d).status)
@@ -175,7 +175,7 @@ def test_repair_killed_at_every_step(job_maker, sisa_base, tmp_path, monkeypatch
     _kill_at(monkeypatch, index)
     with pytest.raises(Killed):
       job_maker.open(d).repair()
-    monkeypatch.setattr(sisa_impl, "_fault", lambda point: None)
+    monkeypatch.setattr(sisa_store, "fault", lambda point: None)
     if not os.path.exists(os.path.join(d, "manifest.json")):
       _quiet(job_maker.open(d).repair)
     else:

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from jaxunlearn import data, losses, models, sisa
-from jaxunlearn._src.sisa import _stage_seed
+from jaxunlearn._src.sisa_plan import stage_seed as _stage_seed
 
 OPT = optax.adam(1e-3)
 

@@ -111,7 +111,7 @@ def test_failed_sweep_is_committed_cleanup_pending_and_finished_by_the_next_comm
   with pytest.warns(sisa.SisaWarning, match=r"request #1 committed; cleanup pending: PermissionError"):
     record = job.forget(ids)
   assert record["cleanup_pending"] and record["ids"] == ids
-  stale = job._unreferenced(json.loads(read(os.path.join(fresh, "manifest.json"))))
+  stale = job.store.unreferenced(json.loads(read(os.path.join(fresh, "manifest.json"))))
   assert stale  # the checkpoints that saw the forgotten id are still there ...
   with pytest.warns(sisa.SisaWarning, match="not referenced by the manifest and may hold forgotten ids"):
     job.status()  # ... and every command says so while they remain
@@ -240,7 +240,7 @@ def test_a_waiting_writer_is_told_who_holds_the_lock(job_maker, fresh, capfd):
   entered, release = threading.Event(), threading.Event()
 
   def hold():
-    with holder._locked():
+    with holder.store.locked():
       entered.set()
       release.wait(30)
 

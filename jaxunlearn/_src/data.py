@@ -524,7 +524,7 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _mix64(z: np.ndarray) -> np.ndarray:
+def mix64(z: np.ndarray) -> np.ndarray:
   """SplitMix64 finaliser on a uint64 array (wrapping arithmetic)."""
   z = np.asarray(z, dtype=np.uint64) + _GOLDEN
   z = (z ^ (z >> np.uint64(30))) * _M1
@@ -538,8 +538,8 @@ def id_order(ids: np.ndarray, *, seed: int, epoch: int = 0) -> np.ndarray:
   Each id gets the key ``mix(mix(seed, epoch) xor id)``; examples are sorted by key. Removing some
   ids leaves the relative order of the others unchanged.
   """
-  salt = _mix64(_mix64(np.array([seed], dtype=np.uint64)) ^ np.array([epoch], dtype=np.uint64))
-  keys = _mix64(np.asarray(ids, dtype=np.int64).astype(np.uint64) ^ salt)
+  salt = mix64(mix64(np.array([seed], dtype=np.uint64)) ^ np.array([epoch], dtype=np.uint64))
+  keys = mix64(np.asarray(ids, dtype=np.int64).astype(np.uint64) ^ salt)
   return np.lexsort((np.asarray(ids), keys))
 
 

@@ -1,4 +1,4 @@
-r"""Exact unlearning by SISA training (Bourtoule et al., IEEE S&P 2021).
+r"""Exact unlearning by SISA training (Bourtoule et al., IEEE S&P 2021): the orchestration.
 
 The training ids are dealt into :math:`S` shards of :math:`R` slices each. Shard :math:`k` trains
 one model in :math:`R` stages; stage :math:`r` trains on slices :math:`1..r` of the shard for
@@ -11,21 +11,7 @@ hash rank of the ids), the batch order (``data.id_order`` salted by seed, shard,
 the initialisation (``fold_in(key(seed), shard)``). Checkpoints are content-addressed by the ids
 that went into them, so a prefix of stages untouched by a request is reused as is.
 
-Directory layout::
-
-  D/config.json      hyper-parameters, data fingerprint, plan digest, ids excluded at training,
-                     backend, device count and jax version; sealed by its own sha256 (an edit is
-                     refused, never silently trained with)
-  D/plan.npz         ids -> (shard, slice)
-  D/manifest.json    the live state: forgotten ids, every shard's checkpoint per stage and its
-                     digest, the requests so far (replaced atomically: write, fsync, rename)
-  D/ledger.jsonl     append-only, fsynced log of deletion requests: the record of what was
-                     promised. Every id in it stays forgotten: a manifest that lacks one (an older
-                     copy restored) is refused until ``repair``
-  D/ckpt/shard_K/stage_R_HASH/   orbax checkpoints (+ ``.sha256`` records of every file)
-  D/.lock            held by the writer (train, forget, repair); says who holds it and since when
-  D/.switch          held exclusively while the manifest is switched and old checkpoints are
-                     swept, shared by readers: a reader never sees a checkpoint vanish
+The pure plan lives in ``sisa_plan``, the files and their protocols in ``sisa_store``.
 
 Commit protocol of ``forget``: retrain into new content-addressed checkpoints (the old state stays
 live), switch the manifest (the commit), append the ledger record, sweep the checkpoints the
@@ -41,18 +27,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import fcntl
-import hashlib
 import json
-import math
 import os
-import re
-import shutil
-import socket
-import sys
 import time
 import warnings
-import zipfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -62,205 +40,16 @@ import optax
 
 from jaxunlearn._src import data as data_lib
 from jaxunlearn._src import lanes
-from jaxunlearn._src.base import ApplyFn, LossFn, Params, path_str
+from jaxunlearn._src import sisa_plan as plan_lib
+from jaxunlearn._src import sisa_store as store_lib
+from jaxunlearn._src.base import ApplyFn, LossFn, Params
+from jaxunlearn._src.sisa_plan import SisaConfig, digest, plan
+from jaxunlearn._src.sisa_store import CheckpointError, LockTimeout, SisaWarning, read_config
 
-FORMAT = 2
 Progress = Callable[[str, int, int], None]
-_SHARD_DIR = re.compile(r"shard_([0-9]{3,})")
-# What jaxunlearn writes in a shard directory: a checkpoint, its integrity record, their temporaries.
-_OWNED = re.compile(r"(stage_[0-9]+_[0-9a-f]{20})(\.sha256(\.tmp[0-9]+)?|\.orbax-checkpoint-tmp.*)?")
 
-
-class CheckpointError(RuntimeError):
-  """A file of a SISA directory is missing, corrupted or inconsistent (the message names it)."""
-
-
-class LockTimeout(RuntimeError):
-  """Another process holds the directory's writer lock (the message says who, and since when)."""
-
-
-class SisaWarning(UserWarning):
-  """Something on disk needs attention: cleanup pending after a commit, unreferenced checkpoints
-  that may hold forgotten ids, entries jaxunlearn does not own."""
-
-
-def _fault(point: str) -> None:
-  """Fault-injection hook: called at every step of the commit protocols; the fault-injection tests
-  replace it to stop the process at ``point``. Does nothing otherwise."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SisaConfig:
-  """SISA hyper-parameters.
-
-  Attributes:
-    shards: number of shards S (independent models).
-    slices: slices R per shard (checkpoints per shard).
-    epochs: epochs a shard model would get if trained on its whole shard at once; stage ``r``
-      gets ``stage_epochs = max(1, round(2 * epochs / (R + 1)))`` epochs, so that the total work
-      matches (Bourtoule et al.'s schedule).
-    batch_size: examples per step.
-    seed: plan, initialisation and shuffling seed.
-    strategy: ``"vmap"`` (all shards in one program), ``"sequential"`` or ``"auto"`` (sequential
-      on CPU, where vmapping shards gains little or loses, vmap elsewhere); fixed at train time.
-    dataset, model, learning_rate: how the command line rebuilds the job (informational for
-      library users, who pass their own functions and optimizer).
-  """
-
-  shards: int = 8
-  slices: int = 4
-  epochs: int = 20
-  batch_size: int = 128
-  seed: int = 0
-  strategy: str = "auto"
-  dataset: str | None = None
-  model: str | None = None
-  learning_rate: float | None = None
-
-  @property
-  def stage_epochs(self) -> int:
-    return max(1, round(2 * self.epochs / (self.slices + 1)))
-
-  def validate(self) -> None:
-    for name in ("shards", "slices", "epochs", "batch_size"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"SISA {name} must be a positive integer, got {value!r}.")
-    if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-      raise ValueError(f"SISA seed must be a non-negative integer, got {self.seed!r}.")
-    if self.strategy not in ("auto",) + lanes.STRATEGIES:
-      raise ValueError(f"unknown strategy {self.strategy!r}; expected auto, vmap or sequential.")
-    lr = self.learning_rate
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating, np.integer))
-                           or not math.isfinite(lr) or lr <= 0):
-      raise ValueError(f"SISA learning_rate must be a finite number > 0, got {lr!r}.")
-
-
-def plan(ids: np.ndarray, *, shards: int, slices: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Deals ``ids`` into ``(shard, slice)``: ids ranked by a seeded hash, the rank ``p`` going to
-  shard ``p % S`` and slice ``(p // S) % R`` (slice sizes differ by at most one).
-
-  Returns ``(shard, slice)`` int arrays aligned with ``ids``.
-  """
-  ids = np.asarray(ids)
-  rank = np.empty(len(ids), np.int64)
-  rank[data_lib.id_order(ids, seed=seed, epoch=0x5154A)] = np.arange(len(ids))
-  shard = rank % shards
-  slice_ = (rank // shards) * slices // max(1, -(-len(ids) // shards))
-  return shard.astype(np.int32), np.minimum(slice_, slices - 1).astype(np.int32)
-
-
-def digest(params: Params) -> str:
-  """sha256 of a pytree: every leaf's path, dtype, shape and bytes, in tree order."""
-  h = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    a = np.asarray(leaf)
-    h.update(f"{path_str(path)}|{a.dtype.str}|{a.shape}|".encode())
-    h.update(np.ascontiguousarray(a).tobytes())
-  return h.hexdigest()
-
-
-def _data_fingerprint(ds: data_lib.Dataset) -> str:
-  h = hashlib.sha256()
-  for a in (ds.ids, ds.x, ds.y):
-    a = np.ascontiguousarray(a)
-    h.update(f"{a.dtype.str}|{a.shape}|".encode())
-    h.update(a.tobytes())
-  return h.hexdigest()
-
-
-def _file_digests(root: str) -> dict[str, str]:
-  out = {}
-  for dirpath, _, files in os.walk(root):
-    for name in files:
-      full = os.path.join(dirpath, name)
-      with open(full, "rb") as f:
-        out[os.path.relpath(full, root)] = hashlib.sha256(f.read()).hexdigest()
-  return dict(sorted(out.items()))
-
-
-def _canonical(obj: Any) -> str:
-  return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def _seal(config: dict) -> dict:
-  """``config`` with its ``digest``: the sha256 of everything else in it."""
-  body = {k: v for k, v in config.items() if k != "digest"}
-  return {**body, "digest": hashlib.sha256(_canonical(body).encode()).hexdigest()}
-
-
-def _file_sha256(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
-
-
-_CONFIG_KEYS = ("format", "sisa", "data", "plan", "excluded_at_train", "resolved_strategy", "backend", "devices",
-                "jax", "data_dir", "digest")
-
-
-def read_config(directory: str) -> dict | None:
-  """The validated ``config.json`` of a SISA directory, or ``None`` if there is none yet.
-
-  Raises:
-    ValueError: ``directory`` exists and is not a directory.
-    CheckpointError: the file is unreadable, not JSON, incomplete, or was edited after training
-      (its digest does not match): the checkpoints were trained with the original settings.
-  """
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory) and not os.path.isdir(directory):
-    raise ValueError(f"{directory} is a file, not a SISA directory.")
-  path = os.path.join(directory, "config.json")
-  try:
-    with open(path, "rb") as f:
-      raw = f.read()
-  except FileNotFoundError:
-    return None
-  except OSError as err:
-    raise CheckpointError(f"{path} cannot be read: {err.strerror or err}.") from None
-  try:
-    config = json.loads(raw.decode("utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError) as err:
-    raise CheckpointError(f"{path} is corrupted (not valid JSON: {err}); restore it from a backup.") from None
-  if not isinstance(config, dict) or config.get("format") != FORMAT:
-    found = config.get("format") if isinstance(config, dict) else None
-    raise CheckpointError(f"{path} has format {found!r}, expected {FORMAT} (written by another jaxunlearn "
-                          "version, or not a SISA config).")
-  missing = [k for k in _CONFIG_KEYS if k not in config]
-  if missing:
-    raise CheckpointError(f"{path} is incomplete (missing {', '.join(missing)}); restore it from a backup.")
-  if _seal(config)["digest"] != config["digest"]:
-    raise CheckpointError(
-        f"{path} was modified after training (its digest does not match its content): the checkpoints were "
-        "trained with the original settings, so forget would retrain with different ones and stop being exact. "
-        "Restore the original file; to train with other settings, use a new directory.")
-  try:
-    SisaConfig(**config["sisa"]).validate()
-  except (TypeError, ValueError) as err:
-    raise CheckpointError(f"{path} holds an invalid SISA configuration: {err}") from None
-  return config
-
-
-def _fsync_write(path: str, text: str) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-  _fsync_dir(os.path.dirname(path))
-
-
-def _fsync_dir(path: str) -> None:
-  fd = os.open(path or ".", os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
-
-
-def _stage_seed(seed: int, shard: int, stage: int) -> int:
-  mixed = data_lib._mix64(np.array([seed * 1_000_003 + shard * 1_009 + stage], np.uint64))[0]
-  return int(mixed >> np.uint64(1))
+__all__ = ("SISA", "CheckpointError", "LockTimeout", "SisaConfig", "SisaWarning", "aggregate", "digest", "plan",
+           "read_config")
 
 
 class SISA:
@@ -308,8 +97,8 @@ class SISA:
     self.data = data
     self.init_fn, self.apply_fn, self.loss_fn, self.optimizer = init_fn, apply_fn, loss_fn, optimizer
     stored = self._stored = read_config(self.directory)
-    if stored is None and os.path.exists(self._path("manifest.json")):
-      raise CheckpointError(f"{self._path('config.json')} is missing but the directory holds a trained ensemble: "
+    if stored is None and os.path.exists(os.path.join(self.directory, "manifest.json")):
+      raise CheckpointError(f"{os.path.join(self.directory, 'config.json')} is missing but the directory holds a trained ensemble: "
                             "restore config.json from a backup (its digest seals the training settings).")
     if config is None:
       if stored is None:
@@ -319,134 +108,12 @@ class SISA:
       raise ValueError(f"{self.directory} was trained with {stored['sisa']}, not {dataclasses.asdict(config)}.")
     config.validate()
     self.config = config
-    if stored is not None and stored["data"] != _data_fingerprint(data):
+    self.store = store_lib.Store(self.directory, config.shards)
+    if stored is not None and stored["data"] != plan_lib.data_fingerprint(data):
       raise ValueError(f"the data differs from the data {self.directory} was trained on (fingerprint mismatch).")
     self._data_dir = data_dir
     self._table = None
     self._template = None
-
-  # -- paths and files ----------------------------------------------------------------------------
-  def _path(self, *parts: str) -> str:
-    return os.path.join(self.directory, *parts)
-
-  def _read_manifest(self) -> dict:
-    path = self._path("manifest.json")
-    try:
-      with open(path) as f:
-        manifest = json.load(f)
-    except FileNotFoundError:
-      if self._read_ledger() or self._owned_entries()[0]:
-        raise CheckpointError(
-            f"{path} is missing, but the directory holds checkpoints and/or a ledger of deletions. Do not retrain "
-            "it blindly: run `jaxunlearn sisa repair` (SISA.repair()), which rebuilds the manifest from the "
-            "checkpoints that are intact and keeps every id of the ledger forgotten.") from None
-      raise FileNotFoundError(f"{path} is missing: the directory was never fully trained (run train, which "
-                              "resumes from the checkpoints already written).") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-      raise CheckpointError(f"{path} is corrupted: {err}. Run `jaxunlearn sisa repair` to rebuild it.") from None
-    except OSError as err:
-      raise CheckpointError(f"{path} cannot be read: {err.strerror or err}.") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-      found = manifest.get("format") if isinstance(manifest, dict) else None
-      raise CheckpointError(f"{path} has format {found!r}, expected {FORMAT}.")
-    keys = ("forgotten", "stages", "final", "requests", "train_steps", "train_seconds")
-    shards = [str(k) for k in range(self.config.shards)]
-    if any(k not in manifest for k in keys) or any(k not in manifest["stages"] or k not in manifest["final"]
-                                                   for k in shards):
-      raise CheckpointError(f"{path} is incomplete or does not match config.json's {self.config.shards} shards; "
-                            "run `jaxunlearn sisa repair` to rebuild it.")
-    return manifest
-
-  def _live_manifest(self) -> dict:
-    """The manifest, checked against the ledger: every id the ledger promised is forgotten in it."""
-    manifest = self._read_manifest()
-    promised = {i for r in self._read_ledger() for i in r["ids"]}
-    reverted = sorted(promised - set(manifest["forgotten"]))
-    if reverted:
-      shown = ", ".join(map(str, reverted[:20])) + (" ..." if len(reverted) > 20 else "")
-      raise CheckpointError(
-          f"{self._path('manifest.json')} does not forget {len(reverted)} id(s) that the ledger records as deleted "
-          f"({shown}): an older manifest was restored? Nothing was read or changed. Run `jaxunlearn sisa repair` "
-          "(SISA.repair()) to bring the models back in line with the ledger.")
-    return manifest
-
-  def _lock_file(self, name: str, mode: str):
-    path = self._path(name)
-    try:
-      os.makedirs(self.directory, exist_ok=True)
-      return open(path, mode)
-    except IsADirectoryError:
-      raise CheckpointError(f"{path} is a directory; it must be jaxunlearn's lock file (remove it).") from None
-    except OSError as err:
-      raise CheckpointError(f"cannot open {path}: {err.strerror or err} (is {self.directory} writable?)") from None
-
-  @contextlib.contextmanager
-  def _locked(self, wait: float | None = None):
-    """The writer lock. ``wait``: seconds to wait for another writer (``None``: as long as it takes,
-    saying who holds it). The lock file says who holds it and since when."""
-    with self._lock_file(".lock", "a+") as f:
-      start, told = time.monotonic(), False
-      while True:
-        try:
-          fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-          break
-        except BlockingIOError:
-          holder = self._lock_holder(f)
-          if wait is not None and time.monotonic() - start >= wait:
-            raise LockTimeout(f"{self._path('.lock')} is held by {holder}; gave up after {wait:g} s. If that "
-                              "process is stopped (not just busy), resume or end it; the lock is released when "
-                              "it exits.") from None
-          if not told:
-            print(f"jaxunlearn: waiting for {self._path('.lock')}, held by {holder}", file=sys.stderr, flush=True)
-            told = True
-          time.sleep(0.05)
-      try:
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:200],
-                            "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}))
-        f.flush()
-        yield
-      finally:
-        with contextlib.suppress(OSError):
-          f.seek(0)
-          f.truncate()
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-  @staticmethod
-  def _lock_holder(f) -> str:
-    try:
-      f.seek(0)
-      info = json.loads(f.read() or "{}")
-      return (f"process {info['pid']} on {info['host']} ({info['command']!r}) since {info['since']}")
-    except (json.JSONDecodeError, KeyError, TypeError, OSError):
-      return "another process (not yet identified)"
-
-  @contextlib.contextmanager
-  def _switch(self, shared: bool):
-    """Shared by readers while they read the manifest and its checkpoints; exclusive while a writer
-    switches the manifest and sweeps, so that a reader never meets a checkpoint being deleted."""
-    with self._lock_file(".switch", "a+") as f:
-      fcntl.flock(f.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-      try:
-        yield
-      finally:
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-  def _plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    path = self._path("plan.npz")
-    try:
-      digest_ok = _file_sha256(path) == self._stored["plan"]
-    except OSError as err:
-      raise CheckpointError(f"{path} cannot be read: {err.strerror or err}.") from None
-    if not digest_ok:
-      raise CheckpointError(f"{path} is corrupted or was replaced (its sha256 differs from the one in config.json).")
-    try:
-      with np.load(path) as z:
-        ids, shard, slice_ = z["ids"], z["shard"], z["slice"]
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as err:
-      raise CheckpointError(f"{path} is corrupted: {type(err).__name__}: {err}") from None
-    return ids, shard, slice_
 
   @property
   def strategy(self) -> str:
@@ -454,7 +121,7 @@ class SISA:
       return self.config.strategy
     if self._stored is not None:
       return self._stored["resolved_strategy"]
-    return "sequential" if jax.default_backend() == "cpu" else "vmap"
+    return self.config.resolve_strategy()
 
   # -- training machinery -------------------------------------------------------------------------
   def _state_template(self):
@@ -463,80 +130,24 @@ class SISA:
       self._template = {"params": p, "opt_state": self.optimizer.init(p)}
     return self._template
 
-  def _stage_ids(self, plan_: tuple, shard: int, stage: int, forgotten: set[int]) -> np.ndarray:
-    ids, sh, sl = plan_
-    chosen = ids[(sh == shard) & (sl <= stage)]
-    if forgotten:
-      chosen = chosen[~np.isin(chosen, np.fromiter(forgotten, np.int64, len(forgotten)))]
-    return np.sort(chosen)
-
   def _stage_key(self, shard: int, stage: int, ids: np.ndarray) -> str:
-    h = hashlib.sha256(json.dumps([self._fingerprint, shard, stage]).encode())
-    h.update(np.asarray(ids, np.int64).tobytes())
-    return f"stage_{stage}_{h.hexdigest()[:20]}"
+    return plan_lib.stage_key(self._fingerprint, shard, stage, ids)
+
+  def _plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return self.store.read_plan(self._stored["plan"])
+
+  def _restore_state(self, shard: int, name: str, expected: str | None):
+    return self.store.restore(shard, name, expected, self._state_template())
+
+  def _reusable_state(self, shard: int, name: str):
+    return self.store.reusable(shard, name, self._state_template())
 
   def _stage_rows(self, shard: int, stage: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     c = self.config
     positions = self.data.positions(ids)
-    seed = _stage_seed(c.seed, shard, stage)
+    seed = plan_lib.stage_seed(c.seed, shard, stage)
     parts = [lanes.epoch_rows(positions, ids, batch_size=c.batch_size, seed=seed, epoch=e) for e in range(c.stage_epochs)]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-  def _save(self, shard: int, name: str, state) -> str:
-    import orbax.checkpoint as ocp
-
-    path = self._path("ckpt", f"shard_{shard:03d}", name)
-    if os.path.exists(path):  # a leftover of an interrupted run: its content is not trusted
-      shutil.rmtree(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    ckpt = ocp.StandardCheckpointer()
-    ckpt.save(path, state)
-    ckpt.wait_until_finished()
-    ckpt.close()
-    d = digest(state)
-    # Written after orbax's atomic commit of the directory: the state digest and every file's sha256.
-    _fsync_write(path + ".sha256", json.dumps({"state": d, "files": _file_digests(path)}, indent=0))
-    return d
-
-  def _restore(self, shard: int, name: str, expected: str | None):
-    import orbax.checkpoint as ocp
-
-    path = self._path("ckpt", f"shard_{shard:03d}", name)
-    if not os.path.isdir(path):
-      raise CheckpointError(f"checkpoint {path} is missing.")
-    try:
-      with open(path + ".sha256") as f:
-        record = json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-      raise CheckpointError(f"checkpoint {path} has no readable integrity record ({path}.sha256).") from None
-    if expected is not None and record["state"] != expected:
-      raise CheckpointError(f"checkpoint {path} does not hold the state the manifest recorded.")
-    # Check every file before orbax reads any (a damaged file must not reach the reader).
-    found = _file_digests(path)
-    for rel, want in record["files"].items():
-      if rel not in found:
-        raise CheckpointError(f"checkpoint file {os.path.join(path, rel)} is missing.")
-      if found[rel] != want:
-        raise CheckpointError(f"checkpoint file {os.path.join(path, rel)} is corrupted (sha256 mismatch).")
-    expected = record["state"]
-    ckpt = ocp.StandardCheckpointer()
-    try:
-      state = ckpt.restore(path, self._state_template())
-    except Exception as err:  # orbax raises many types for damaged files
-      raise CheckpointError(f"checkpoint {path} is corrupted or unreadable: {type(err).__name__}: {err}") from None
-    finally:
-      ckpt.close()
-    if expected is not None and digest(state) != expected:
-      raise CheckpointError(f"checkpoint {path} is corrupted: its digest differs from the one recorded at save.")
-    return state
-
-  def _reusable(self, shard: int, name: str):
-    """A complete checkpoint left by an interrupted run with the same content key, or None."""
-    try:
-      state = self._restore(shard, name, None)
-    except CheckpointError:
-      return None
-    return state, digest(state)
 
   def _run(self, starts: dict[int, int], forgotten: set[int], prior: dict, progress: Progress | None, save: bool,
            report: bool = False):
@@ -553,7 +164,7 @@ class SISA:
         states[shard] = {"params": p, "opt_state": self.optimizer.init(p)}
       else:
         name, dig = prior[shard][start - 1]
-        states[shard] = self._restore(shard, name, dig)
+        states[shard] = self._restore_state(shard, name, dig)
     if self._table is None:
       self._table = lanes.table(self.data)
     stages: dict[int, list] = {k: [] for k in starts}
@@ -563,11 +174,11 @@ class SISA:
     done = 0
     for stage in range(min(starts.values(), default=c.slices), c.slices):
       active = [k for k in starts if starts[k] <= stage]
-      stage_ids = {k: self._stage_ids(plan_, k, stage, forgotten) for k in active}
+      stage_ids = {k: plan_lib.stage_ids(plan_, k, stage, forgotten) for k in active}
       keys = {k: self._stage_key(k, stage, stage_ids[k]) for k in active}
       todo = []
       for k in active:
-        reused = self._reusable(k, keys[k]) if save else None
+        reused = self._reusable_state(k, keys[k]) if save else None
         if reused is not None:
           states[k] = reused[0]
           stages[k].append((keys[k], reused[1]))
@@ -577,8 +188,8 @@ class SISA:
         steps += self._train_stage(todo, stage, {k: stage_ids[k] for k in todo}, states, template)
         for k in todo:
           trained.setdefault(k, stage)
-          stages[k].append((keys[k], self._save(k, keys[k], states[k]) if save else digest(states[k])))
-          _fault("run:saved")
+          stages[k].append((keys[k], self.store.save(k, keys[k], states[k]) if save else digest(states[k])))
+          store_lib.fault("run:saved")
       done += len(active)
       if progress is not None:
         progress(f"stage {stage + 1}/{c.slices}", done, total)
@@ -611,120 +222,11 @@ class SISA:
     return steps
 
   # -- ledger, sweep, housekeeping ---------------------------------------------------------------
-  def _read_ledger(self) -> list[dict]:
-    """The ledger's records. A torn last line (a crash mid-append) is skipped: its record is still
-    in the manifest and is appended again by the next command. A damaged line elsewhere is an error."""
-    path = self._path("ledger.jsonl")
-    try:
-      with open(path, "rb") as f:
-        raw = f.read()
-    except FileNotFoundError:
-      return []
-    except OSError as err:
-      raise CheckpointError(f"{path} cannot be read: {err.strerror or err}.") from None
-    lines = raw.split(b"\n")
-    records = []
-    for n, line in enumerate(lines, 1):
-      try:
-        records += self._parse_ledger_line(line)
-      except ValueError as err:
-        if n == len(lines):  # the last line, with no newline after it: torn
-          continue
-        raise CheckpointError(f"{path}:{n} is corrupted ({err}); the ledger is the record of every deletion "
-                              "promised: restore it from a backup.") from None
-    return records
-
-  @staticmethod
-  def _parse_ledger_line(line: bytes) -> list[dict]:
-    """``[record]`` (``[]`` for a blank line); ``ValueError`` for anything else."""
-    if not line.strip():
-      return []
-    try:
-      record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-      raise ValueError(str(err)) from None
-    if not isinstance(record, dict) or not isinstance(record.get("ids"), list):
-      raise ValueError("not a request record")
-    return [record]
-
-  def _reconcile_ledger(self, manifest: dict) -> None:
-    """Appends (fsynced) every committed request the ledger does not hold, compared by content
-    (not by sequence number: a manifest rebuilt or restored numbers its requests afresh)."""
-    _fault("ledger:before")
-    path = self._path("ledger.jsonl")
-    logged = {_canonical(r) for r in self._read_ledger()}
-    missing = [r for r in manifest["requests"] if _canonical(r) not in logged]
-    if not missing:
-      return
-    with open(path, "a+b") as f:
-      f.seek(0)
-      raw = f.read()
-      if raw and not raw.endswith(b"\n"):
-        # A crash mid-append: a whole record whose newline is missing is kept and ended; a torn
-        # one is cut (it is in ``missing``, hence re-appended whole).
-        keep = raw.rfind(b"\n") + 1
-        tail = raw[keep:]
-        try:
-          whole = bool(self._parse_ledger_line(tail))
-        except ValueError:
-          whole = False
-        if whole:
-          f.write(b"\n")
-        else:
-          f.truncate(keep)
-      f.seek(0, os.SEEK_END)
-      for r in missing:
-        f.write((json.dumps(r) + "\n").encode())
-        _fault("ledger:append")
-      f.flush()
-      os.fsync(f.fileno())
-
-  def _owned_entries(self) -> tuple[list[tuple[int, str, str]], list[str]]:
-    """``([(shard, name, path)] of what jaxunlearn wrote under ckpt/, [paths of anything else])``."""
-    root = self._path("ckpt")
-    owned, strays = [], []
-    try:
-      shard_dirs = sorted(os.listdir(root))
-    except (FileNotFoundError, NotADirectoryError):
-      return owned, strays
-    for shard_dir in shard_dirs:
-      full = os.path.join(root, shard_dir)
-      m = _SHARD_DIR.fullmatch(shard_dir)
-      if m is None or not os.path.isdir(full) or int(m.group(1)) >= self.config.shards:
-        strays.append(full)
-        continue
-      for entry in sorted(os.listdir(full)):
-        e = _OWNED.fullmatch(entry)
-        if e is None:
-          strays.append(os.path.join(full, entry))
-        else:
-          owned.append((int(m.group(1)), e.group(1), os.path.join(full, entry)))
-    return owned, strays
-
-  def _unreferenced(self, manifest: dict) -> list[str]:
-    live = {(int(k), name) for k, st in manifest["stages"].items() for name, _ in st}
-    return [path for k, name, path in self._owned_entries()[0] if (k, name) not in live]
-
-  def _sweep(self, manifest: dict) -> None:
-    """Deletes the checkpoints the manifest does not reference (ones that saw forgotten ids, and
-    leftovers of interrupted runs). Entries jaxunlearn did not write are left alone."""
-    for target in self._unreferenced(manifest):
-      _fault("sweep:delete")
-      if os.path.isdir(target) and not os.path.islink(target):
-        shutil.rmtree(target)
-      else:
-        os.remove(target)
-    _fault("sweep:done")
-
-  def _cleanup(self, manifest: dict) -> None:
-    self._reconcile_ledger(manifest)
-    self._sweep(manifest)
-
   def _finish(self, manifest: dict, what: str) -> str | None:
     """Ledger and sweep after a commit; returns ``None``, or the "cleanup pending" message (also
     warned) when they fail: the commit stands, and the next command finishes the job."""
     try:
-      self._cleanup(manifest)
+      self.store.cleanup(manifest)
       return None
     except Exception as err:  # anything: the commit is done and must be reported as such
       message = (f"{what} committed; cleanup pending: {type(err).__name__}: {err}. The next jaxunlearn command on "
@@ -737,15 +239,15 @@ class SISA:
     checkpoints. ``locked``: the caller holds the writer and switch locks; otherwise they are taken
     if free (a writer at work finishes its own, and what is unreferenced may be its new
     checkpoints). Warns while checkpoints that may hold forgotten ids remain."""
-    logged = {_canonical(r) for r in self._read_ledger()}
-    if not (any(_canonical(r) not in logged for r in manifest["requests"]) or self._unreferenced(manifest)):
+    logged = {store_lib.canonical(r) for r in self.store.read_ledger()}
+    if not (any(store_lib.canonical(r) not in logged for r in manifest["requests"]) or self.store.unreferenced(manifest)):
       return
     if locked:
       self._cleanup_or_warn(manifest)
       return
     try:
-      with self._locked(wait=0), self._switch(shared=False):
-        self._cleanup_or_warn(self._read_manifest())
+      with self.store.locked(wait=0), self.store.switch(shared=False):
+        self._cleanup_or_warn(self.store.read_manifest())
     except LockTimeout:
       pass  # a writer is at work; it sweeps at its commit
 
@@ -753,13 +255,13 @@ class SISA:
     """Under the writer lock: cleanup, then a warning if unreferenced checkpoints remain."""
     cause = ""
     try:
-      self._cleanup(manifest)
+      self.store.cleanup(manifest)
     except Exception as err:
       cause = f" Cleanup failed: {type(err).__name__}: {err}."
-    left = self._unreferenced(manifest)
+    left = self.store.unreferenced(manifest)
     if left:
       shown = ", ".join(os.path.relpath(p, self.directory) for p in left[:5]) + (" ..." if len(left) > 5 else "")
-      warnings.warn(f"{len(left)} checkpoint file(s) under {self._path('ckpt')} are not referenced by the manifest "
+      warnings.warn(f"{len(left)} checkpoint file(s) under {self.store.path('ckpt')} are not referenced by the manifest "
                     f"and may hold forgotten ids: {shown}.{cause} Every command retries the cleanup.",
                     SisaWarning, stacklevel=4)
 
@@ -787,12 +289,12 @@ class SISA:
     c = self.config
     if exclude_ids is not None:
       exclude_ids = data_lib.as_ids(exclude_ids)
-    with self._locked(wait):
-      if os.path.exists(self._path("manifest.json")):
+    with self.store.locked(wait):
+      if os.path.exists(self.store.path("manifest.json")):
         raise FileExistsError(f"{self.directory} already holds a trained SISA ensemble.")
-      if self._read_ledger():
+      if self.store.read_ledger():
         raise FileExistsError(
-            f"{self.directory} has a ledger of deletion requests ({self._path('ledger.jsonl')}) but no manifest: "
+            f"{self.directory} has a ledger of deletion requests ({self.store.path('ledger.jsonl')}) but no manifest: "
             "training it again would bring the deleted examples back. Run `jaxunlearn sisa repair` "
             "(SISA.repair()) to rebuild its manifest with every ledger id forgotten.")
       excluded = set() if exclude_ids is None else set(int(i) for i in data_lib.check_ids(self.data, exclude_ids))
@@ -803,34 +305,31 @@ class SISA:
                          f"{len(self._stored['excluded_at_train'])} id(s); resume it with the same exclude_ids, or "
                          "use a new directory.")
       shard, slice_ = plan(self.data.ids, shards=c.shards, slices=c.slices, seed=c.seed)
-      plan_path = self._path("plan.npz")
-      np.savez(plan_path + ".tmp.npz", ids=np.asarray(self.data.ids, np.int64), shard=shard, slice=slice_)
-      os.replace(plan_path + ".tmp.npz", plan_path)
-      _fault("train:plan")
-      resolved = "sequential" if (c.strategy == "auto" and jax.default_backend() == "cpu") else (
-          "vmap" if c.strategy == "auto" else c.strategy)
-      config = _seal({
-          "format": FORMAT, "sisa": dataclasses.asdict(c), "data": _data_fingerprint(self.data),
-          "plan": _file_sha256(plan_path), "excluded_at_train": sorted(excluded),
+      plan_digest = self.store.write_plan(self.data.ids, shard, slice_)
+      store_lib.fault("train:plan")
+      resolved = c.resolve_strategy()
+      config = store_lib.seal({
+          "format": store_lib.FORMAT, "sisa": dataclasses.asdict(c), "data": plan_lib.data_fingerprint(self.data),
+          "plan": plan_digest, "excluded_at_train": sorted(excluded),
           "resolved_strategy": resolved, "backend": jax.default_backend(), "devices": jax.device_count(),
           "jax": jax.__version__, "data_dir": self._data_dir,
       })
-      _fsync_write(self._path("config.json"), json.dumps(config, indent=1))
+      self.store.write_json("config.json", config, indent=1)
       self._stored = config
-      _fault("train:config")
+      store_lib.fault("train:config")
       t0 = time.perf_counter()
       stages, steps, final = self._run({k: 0 for k in range(c.shards)}, excluded, {}, progress, save=True)
       seconds = time.perf_counter() - t0
       manifest = {
-          "format": FORMAT, "forgotten": sorted(excluded), "excluded_at_train": sorted(excluded),
+          "format": store_lib.FORMAT, "forgotten": sorted(excluded), "excluded_at_train": sorted(excluded),
           "stages": {str(k): stages[k] for k in range(c.shards)},
           "final": {str(k): digest(final[k]) for k in range(c.shards)},
           "train_steps": steps, "train_seconds": seconds, "requests": [],
       }
-      _fault("train:before_commit")
-      with self._switch(shared=False):
-        _fsync_write(self._path("manifest.json"), json.dumps(manifest))
-        _fault("train:after_commit")
+      store_lib.fault("train:before_commit")
+      with self.store.switch(shared=False):
+        self.store.write_json("manifest.json", manifest)
+        store_lib.fault("train:after_commit")
         pending = self._finish(manifest, "training")
       return {"steps": steps, "seconds": seconds, "digests": [manifest["final"][str(k)] for k in range(c.shards)],
               "cleanup_pending": pending}
@@ -867,15 +366,15 @@ class SISA:
     request = np.unique(data_lib.as_ids(ids))
     if request.size == 0:
       raise ValueError("forget got no ids.")
-    with self._locked(wait):
+    with self.store.locked(wait):
       self._check_platform("forget")
-      manifest = self._live_manifest()
+      manifest = self.store.live_manifest()
       plan_ids, plan_shard, plan_slice = self._plan()
       unknown = request[~np.isin(request, plan_ids)]
       if unknown.size:
         shown = ", ".join(str(i) for i in unknown[:20]) + (" ..." if unknown.size > 20 else "")
         raise ValueError(f"{unknown.size} id(s) are not in the SISA plan of {self.directory}: {shown}. Nothing changed.")
-      with self._switch(shared=False):
+      with self.store.switch(shared=False):
         self._housekeep(manifest, locked=True)  # what a crash after an earlier commit left
       forgotten = set(manifest["forgotten"])
       already = [int(i) for i in request if int(i) in forgotten]
@@ -892,7 +391,7 @@ class SISA:
       t0 = time.perf_counter()
       stages, steps, final = self._run(starts, forgotten | set(new.tolist()), prior, progress, save=True)
       seconds = time.perf_counter() - t0
-      seq = 1 + max([r.get("seq", 0) for r in manifest["requests"] + self._read_ledger()], default=0)
+      seq = 1 + max([r.get("seq", 0) for r in manifest["requests"] + self.store.read_ledger()], default=0)
       record = {
           "seq": seq,
           "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -906,10 +405,10 @@ class SISA:
         manifest["final"][str(k)] = record["digest_after"][str(k)]
       manifest["forgotten"] = sorted(forgotten | set(new.tolist()))
       manifest["requests"].append(record)
-      _fault("forget:before_commit")
-      with self._switch(shared=False):
-        _fsync_write(self._path("manifest.json"), json.dumps(manifest))  # the atomic switch: the commit
-        _fault("forget:after_commit")
+      store_lib.fault("forget:before_commit")
+      with self.store.switch(shared=False):
+        self.store.write_json("manifest.json", manifest)  # the atomic switch: the commit
+        store_lib.fault("forget:after_commit")
         pending = self._finish(manifest, f"request #{seq}")
       return {**record, "remaining": int(len(plan_ids) - len(manifest["forgotten"])), "cleanup_pending": pending}
 
@@ -930,11 +429,11 @@ class SISA:
     c = self.config
     if self._stored is None:
       raise FileNotFoundError(f"{self.directory} is not a SISA directory (no config.json): nothing to repair.")
-    with self._locked(wait):
+    with self.store.locked(wait):
       self._check_platform("repair")
-      ledger = self._read_ledger()
+      ledger = self.store.read_ledger()
       try:
-        old = self._read_manifest()
+        old = self.store.read_manifest()
       except (CheckpointError, FileNotFoundError):
         old = None
       plan_ids = self._plan()[0]
@@ -950,11 +449,11 @@ class SISA:
                                                   save=True, report=True)
       seconds = time.perf_counter() - t0
       requests = list(old["requests"]) if old is not None else []
-      seen = {_canonical(r) for r in requests}
-      requests += [r for r in ledger if _canonical(r) not in seen]
+      seen = {store_lib.canonical(r) for r in requests}
+      requests += [r for r in ledger if store_lib.canonical(r) not in seen]
       requests.sort(key=lambda r: (r.get("time", ""), r.get("seq", 0)))
       manifest = {
-          "format": FORMAT, "forgotten": sorted(forgotten), "excluded_at_train": self._stored["excluded_at_train"],
+          "format": store_lib.FORMAT, "forgotten": sorted(forgotten), "excluded_at_train": self._stored["excluded_at_train"],
           "stages": {str(k): stages[k] for k in range(c.shards)},
           "final": {str(k): digest(final[k]) for k in range(c.shards)},
           "train_steps": old["train_steps"] if old else steps, "train_seconds": old["train_seconds"] if old else seconds,
@@ -964,9 +463,9 @@ class SISA:
               "retrained": {str(k): v for k, v in sorted(retrained.items())}, "steps": steps, "seconds": seconds,
               "manifest_was": "readable" if old is not None else "missing or corrupted"}],
       }
-      _fault("repair:before_commit")
-      with self._switch(shared=False):
-        _fsync_write(self._path("manifest.json"), json.dumps(manifest))
+      store_lib.fault("repair:before_commit")
+      with self.store.switch(shared=False):
+        self.store.write_json("manifest.json", manifest)
         pending = self._finish(manifest, "repair")
       total_stages = c.shards * c.slices
       return {"forgotten": len(forgotten), "retrained": {str(k): v for k, v in sorted(retrained.items())},
@@ -979,11 +478,11 @@ class SISA:
     """The live manifest, with the switch lock held shared while the caller reads checkpoints.
     (The manifest and the ledger are read under that lock too: a writer switches the one and
     appends to the other while holding it exclusively.)"""
-    with self._switch(shared=True):
-      manifest = self._live_manifest()
+    with self.store.switch(shared=True):
+      manifest = self.store.live_manifest()
     self._housekeep(manifest)
-    with self._switch(shared=True):
-      yield self._live_manifest()
+    with self.store.switch(shared=True):
+      yield self.store.live_manifest()
 
   def live_shards(self) -> list[int]:
     """The shards that still hold at least one training example (the others, every example of which
@@ -997,7 +496,7 @@ class SISA:
     return [k for k in range(self.config.shards) if np.any(alive & (shard == k))]
 
   def _final_states(self, manifest: dict, shards: Sequence[int]) -> dict:
-    return {k: self._restore(k, *manifest["stages"][str(k)][-1]) for k in shards}
+    return {k: self._restore_state(k, *manifest["stages"][str(k)][-1]) for k in shards}
 
   def final_params(self) -> Params:
     """The live shard models' final parameters, stacked on a leading axis, in ``live_shards()``
@@ -1032,13 +531,13 @@ class SISA:
       alive = ~np.isin(ids, np.asarray(manifest["forgotten"], np.int64))
       sizes = [[int(np.sum(alive & (shard == k) & (slice_ == r))) for r in range(self.config.slices)]
                for k in range(self.config.shards)]
-      owned, strays = self._owned_entries()
+      owned, strays = self.store.owned_entries()
       return {
           "config": dataclasses.asdict(self.config), "strategy": self.strategy, "examples": int(len(ids)),
           "forgotten": len(manifest["forgotten"]), "sizes": sizes, "live_shards": self._live_shards(manifest),
           "train_steps": manifest["train_steps"], "train_seconds": manifest["train_seconds"],
           "requests": manifest["requests"], "repairs": manifest.get("repairs", []),
-          "unreferenced": self._unreferenced(manifest), "not_ours": strays,
+          "unreferenced": self.store.unreferenced(manifest), "not_ours": strays,
       }
 
   def verify(self, *, progress: Progress | None = None) -> dict:
@@ -1058,7 +557,7 @@ class SISA:
       for k in range(self.config.shards):
         for stage, (name, dig) in enumerate(manifest["stages"][str(k)]):
           try:
-            state = self._restore(k, name, dig)
+            state = self._restore_state(k, name, dig)
           except CheckpointError as err:
             problems.append(f"shard {k} stage {stage}: {err}")
             continue
