@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from jaxunlearn import data
+from jaxunlearn._src import id_text
 
 
 def test_digits_split_is_fixed_and_ids_stable(digits):
@@ -118,16 +119,16 @@ def test_stamp_trigger_patches_corner(digits):
 
 def test_parse_forget_specs(digits, tmp_path):
   train, _ = digits
-  np.testing.assert_array_equal(data.parse_forget("class:3", train, seed=0), data.class_ids(train, 3))
-  assert len(data.parse_forget("random:0.05", train, seed=0)) == round(0.05 * len(train))
+  np.testing.assert_array_equal(id_text.parse_forget("class:3", train, seed=0), data.class_ids(train, 3))
+  assert len(id_text.parse_forget("random:0.05", train, seed=0)) == round(0.05 * len(train))
   f = tmp_path / "ids.txt"
   f.write_text("# forget these\n3\n17\n\n42\n")
-  np.testing.assert_array_equal(data.parse_forget(f"ids:{f}", train, seed=0), [3, 17, 42])
+  np.testing.assert_array_equal(id_text.parse_forget(f"ids:{f}", train, seed=0), [3, 17, 42])
   f.write_text("3\nabc\n")
   with pytest.raises(ValueError, match="ids.txt:2"):
-    data.parse_forget(f"ids:{f}", train, seed=0)
+    id_text.parse_forget(f"ids:{f}", train, seed=0)
   with pytest.raises(ValueError, match="unknown forget spec"):
-    data.parse_forget("half", train, seed=0)
+    id_text.parse_forget("half", train, seed=0)
 
 
 def test_batches_fixed_shape_padding_and_coverage(digits):
@@ -208,7 +209,7 @@ def test_integer_ids_of_every_kind_are_accepted(digits):
 def test_read_ids_file_decodes_text(tmp_path, content, encoding):
   path = tmp_path / "ids.txt"
   path.write_bytes(content.encode(encoding))
-  assert data.read_ids_file(str(path)).tolist() == [3, 17]
+  assert id_text.read_ids_file(str(path)).tolist() == [3, 17]
 
 
 @pytest.mark.parametrize("content, message", [
@@ -223,18 +224,18 @@ def test_read_ids_file_refuses_malformed_lines(tmp_path, content, message):
   path = tmp_path / "ids.txt"
   path.write_text(content, encoding="utf-8")
   with pytest.raises(ValueError, match=message):
-    data.read_ids_file(str(path))
+    id_text.read_ids_file(str(path))
 
 
 def test_read_ids_file_refuses_what_is_not_a_text_file(tmp_path):
   with pytest.raises(ValueError, match="is a directory"):
-    data.read_ids_file(str(tmp_path))
+    id_text.read_ids_file(str(tmp_path))
   with pytest.raises(ValueError, match="no such file"):
-    data.read_ids_file(str(tmp_path / "missing.txt"))
+    id_text.read_ids_file(str(tmp_path / "missing.txt"))
   path = tmp_path / "ids.bin"
   path.write_bytes(b"3\n\x80\x81\n")
   with pytest.raises(ValueError, match="is not UTF-8 text"):
-    data.read_ids_file(str(path))
+    id_text.read_ids_file(str(path))
 
 
 def test_random_ids_by_count(digits):

@@ -271,16 +271,16 @@ def test_cli_forget_refuses_another_device_count(tmp_path):
 def test_cli_reloads_tfds_data_from_the_directory_given_at_training(tmp_path, monkeypatch):
   tfds = pytest.importorskip("tensorflow_datasets")
   from jaxunlearn import cli
-  from jaxunlearn._src import data as data_lib
+  from jaxunlearn._src import loaders
 
   seen = []
-  real = data_lib.load
+  real = loaders.load
 
   def spy(name, *, data_dir=None):
     seen.append(data_dir)
     return real(name, data_dir=data_dir)
 
-  monkeypatch.setattr(data_lib, "load", spy)
+  monkeypatch.setattr(loaders, "load", spy)
   d, where = str(tmp_path / "s"), str(tmp_path / "my_tfds")
   with tfds.testing.mock_data(num_examples=24):
     assert cli.main(["sisa", "train", "--dir", d, "--dataset", "tfds:mnist", "--data-dir", where, "--shards", "2",

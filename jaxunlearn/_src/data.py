@@ -1,4 +1,4 @@
-"""Datasets with stable example ids, forget-set selection and a deterministic batch iterator.
+"""Datasets with stable example ids, their validation, and a deterministic batch iterator.
 
 Every example carries an integer id: a split's examples are numbered ``0..n-1`` in the dataset's
 fixed order, so an id names the same example in every run. Shuffling is keyed on ids (a hash of
@@ -9,16 +9,10 @@ of all others unchanged: the property exact unlearning (SISA) relies on.
 from __future__ import annotations
 
 import dataclasses
-import os
-import random as _pyrandom
-import re
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
-
-EMBEDDED_DATASETS = ("digits", "mnist1d")
-TFDS_PREFIX = "tfds:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,200 +103,7 @@ class Splits(NamedTuple):
   test: Dataset
 
 
-# --------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------
-
-
-def load(name: str = "digits", *, data_dir: str | None = None) -> Splits:
-  """Loads a dataset's train and test splits by name.
-
-  Names:
-    * ``"digits"`` (the default): scikit-learn's bundled 8x8 handwritten digits, 1,797 images of
-      10 classes, shipped with scikit-learn (no network). Test = every fifth image of the bundled
-      order (360), train = the rest (1,437). Inputs ``(n, 8, 8, 1)`` scaled to [0, 1].
-    * ``"mnist1d"``: MNIST-1D (Greydanus, 2020) generated procedurally with the ``mnist1d``
-      package's generator and its standard arguments (seed 42): 4,000 train / 1,000 test signals
-      of length 40, inputs ``(n, 40, 1)``. ``"mnist1d:N"`` generates N train and N/4 test
-      examples (N a positive multiple of 4) for scaling runs.
-    * ``"tfds:NAME"`` (e.g. ``tfds:mnist``, ``tfds:cifar10``): a TensorFlow Datasets dataset read
-      with ``tfds.data_source`` (ArrayRecord, no TensorFlow). The data must already be prepared
-      under ``data_dir`` (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
-
-  Args:
-    name: dataset name, as above.
-    data_dir: TFDS data directory (TFDS names only).
-
-  Returns:
-    ``Splits(train, test)``; each split's ids are ``0..n-1`` in the dataset's fixed order.
-
-  Raises:
-    ValueError: unknown name or malformed size.
-    FileNotFoundError: a TFDS dataset that is not prepared on disk, with instructions.
-
-  Example:
-    >>> from jaxunlearn import data
-    >>> train, test = data.load("digits")
-    >>> len(train), len(test), train.input_shape
-    (1437, 360, (8, 8, 1))
-  """
-  if not isinstance(name, str):
-    raise ValueError(f"dataset name must be a string, got {name!r}.")
-  if name == "digits":
-    return _load_digits()
-  if name == "mnist1d" or name.startswith("mnist1d:"):
-    n_train = 4000
-    if ":" in name:
-      size = name.split(":", 1)[1]
-      if not size.isdigit() or int(size) <= 0 or int(size) % 4:
-        raise ValueError(
-            f"mnist1d size must be a positive multiple of 4 (the train count), got {size!r} in {name!r}."
-        )
-      n_train = int(size)
-    return _load_mnist1d(n_train)
-  if name.startswith(TFDS_PREFIX) and len(name) > len(TFDS_PREFIX):
-    return _load_tfds(name[len(TFDS_PREFIX):], data_dir)
-  raise ValueError(
-      f"unknown dataset {name!r}; expected one of {', '.join(EMBEDDED_DATASETS)}, 'mnist1d:N', "
-      "or 'tfds:NAME' (e.g. 'tfds:mnist', 'tfds:fashion_mnist', 'tfds:cifar10', 'tfds:cifar100')."
-  )
-
-
-def _make(x: np.ndarray, y: np.ndarray, num_classes: int, name: str) -> Dataset:
-  return Dataset(
-      x=np.ascontiguousarray(x, dtype=np.float32),
-      y=np.asarray(y, dtype=np.int32),
-      ids=np.arange(len(x), dtype=np.int64),
-      num_classes=int(num_classes),
-      name=name,
-  )
-
-
-def _load_digits() -> Splits:
-  from sklearn.datasets import load_digits
-
-  bunch = load_digits()
-  x = (bunch.images / 16.0).astype(np.float32)[..., None]
-  y = bunch.target
-  is_test = np.arange(len(x)) % 5 == 0
-  return Splits(_make(x[~is_test], y[~is_test], 10, "digits"), _make(x[is_test], y[is_test], 10, "digits"))
-
-
-def _load_mnist1d(n_train: int) -> Splits:
-  # The generator reseeds the global NumPy and Python RNGs; restore them so loading has no side effect.
-  np_state, py_state = np.random.get_state(), _pyrandom.getstate()
-  try:
-    import warnings
-
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")  # importing mnist1d imports matplotlib.pyplot
-      from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
-    args.num_samples = n_train + n_train // 4
-    args.train_split = 0.8
-    raw = make_dataset(args)
-  finally:
-    np.random.set_state(np_state)
-    _pyrandom.setstate(py_state)
-  name = "mnist1d" if n_train == 4000 else f"mnist1d:{n_train}"
-  return Splits(
-      _make(raw["x"][..., None], raw["y"], 10, name), _make(raw["x_test"][..., None], raw["y_test"], 10, name)
-  )
-
-
-def _tfds_instructions(name: str, data_dir: str | None) -> str:
-  where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-  return (
-      f"TFDS dataset {name!r} is not prepared in {where} and jaxunlearn never downloads at run time. "
-      "On a machine with network access run\n"
-      f"    tfds build {name} --file_format=array_record --data_dir={where}\n"
-      "(the `tfds` command comes with tensorflow-datasets; building image datasets needs TensorFlow "
-      f"on that machine), then copy the {where}/{name} folder here and pass data_dir= (or --data-dir)."
-  )
-
-
-def _load_tfds(name: str, data_dir: str | None) -> Splits:
-  import tensorflow_datasets as tfds
-
-  splits = []
-  for split in ("train", "test"):
-    try:
-      source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception as err:  # tfds raises several types (NotFound, NotImplemented, Assertion)
-      raise FileNotFoundError(_tfds_instructions(name, data_dir)) from err
-    records = _read_all(source)
-    if not records:
-      raise ValueError(f"TFDS dataset {name!r} split {split!r} is empty.")
-    image_key = "image" if "image" in records[0] else next(k for k in records[0] if k != "label")
-    x = np.stack([np.asarray(r[image_key]) for r in records])
-    y = np.asarray([int(r["label"]) for r in records])
-    if np.issubdtype(x.dtype, np.integer):
-      x = x.astype(np.float32) / 255.0
-    try:
-      num_classes = int(source.dataset_info.features["label"].num_classes)
-    except (AttributeError, KeyError, TypeError):
-      num_classes = int(y.max()) + 1
-    splits.append(_make(x, y, num_classes, TFDS_PREFIX + name))
-  return Splits(*splits)
-
-
-def _read_all(source) -> list:
-  n = len(source)
-  out: list = []
-  chunk = 4096
-  for start in range(0, n, chunk):
-    keys = list(range(start, min(n, start + chunk)))
-    try:
-      out.extend(source.__getitems__(keys))
-    except (TypeError, AttributeError):
-      out.extend(source[k] for k in keys)
-  return out
-
-
-# --------------------------------------------------------------------------------------------
-# Forget-set selection
-# --------------------------------------------------------------------------------------------
-
-
-def class_ids(ds: Dataset, classes: int | Sequence[int]) -> np.ndarray:
-  """Ids of every example whose label is in ``classes`` (whole-class forgetting).
-
-  Raises:
-    ValueError: a class outside ``[0, num_classes)``.
-  """
-  classes = np.atleast_1d(np.asarray(classes))
-  if classes.size == 0:
-    raise ValueError("classes must name at least one class.")
-  bad = [int(c) for c in classes if not (0 <= int(c) < ds.num_classes) or int(c) != c]
-  if bad:
-    raise ValueError(f"class label(s) {bad} out of range; {ds.name!r} has classes 0..{ds.num_classes - 1}.")
-  return ds.ids[np.isin(ds.y, classes.astype(np.int64))]
-
-
-def random_ids(ds: Dataset, fraction: float | None = None, *, seed: int, count: int | None = None) -> np.ndarray:
-  """Ids of a seeded random ``fraction`` of the examples (at least one), or of exactly ``count``
-  examples, sorted. Give one of the two.
-
-  Raises:
-    ValueError: ``fraction`` not in (0, 1), ``count`` not in [1, len(ds) - 1], or both or neither.
-  """
-  if (fraction is None) == (count is None):
-    raise ValueError("give exactly one of fraction= and count=.")
-  if count is not None:
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count < len(ds):
-      raise ValueError(f"count must be an integer in [1, {len(ds) - 1}] (something must be retained), got {count!r}.")
-    k = int(count)
-  else:
-    if not (isinstance(fraction, (int, float, np.floating)) and 0.0 < float(fraction) < 1.0):
-      raise ValueError(f"fraction must be in (0, 1), got {fraction!r}.")
-    k = max(1, int(round(float(fraction) * len(ds))))
-    k = min(k, len(ds) - 1)
-  rng = np.random.default_rng(seed)
-  return np.sort(rng.choice(ds.ids, size=k, replace=False))
-
-
-_INT64 = np.iinfo(np.int64)
+INT64 = np.iinfo(np.int64)
 
 
 def as_ids(ids: int | Sequence[int] | np.ndarray) -> np.ndarray:
@@ -340,7 +141,7 @@ def as_ids(ids: int | Sequence[int] | np.ndarray) -> np.ndarray:
     except TypeError:
       raise TypeError(f"ids must be an integer or a sequence of integers, got {type(ids).__name__}.") from None
     if all(type(i) is int or isinstance(i, np.integer) and not isinstance(i, np.bool_) for i in items):
-      bad_range = [i for i in items if not _INT64.min <= int(i) <= _INT64.max]
+      bad_range = [i for i in items if not INT64.min <= int(i) <= INT64.max]
       if bad_range:
         raise ValueError(f"ids out of the int64 range: {_show(bad_range)}.")
       return np.asarray([int(i) for i in items], np.int64)
@@ -352,8 +153,8 @@ def as_ids(ids: int | Sequence[int] | np.ndarray) -> np.ndarray:
   if kind == "i":
     return ids.astype(np.int64)
   if kind == "u":
-    if ids.size and ids.max() > _INT64.max:
-      raise ValueError(f"ids out of the int64 range: {_show(ids[ids > _INT64.max])}.")
+    if ids.size and ids.max() > INT64.max:
+      raise ValueError(f"ids out of the int64 range: {_show(ids[ids > INT64.max])}.")
     return ids.astype(np.int64)
   if kind == "b":
     raise TypeError("ids must be integers, got a boolean array; to select by mask use ds.ids[mask].")
@@ -380,139 +181,6 @@ def check_ids(ds: Dataset, ids: Sequence[int] | np.ndarray) -> np.ndarray:
     raise ValueError("the forget set is empty: give at least one id.")
   ds.positions(ids)  # raises on unknown ids
   return ids
-
-
-def split_forget(ds: Dataset, forget_ids: Sequence[int] | np.ndarray) -> tuple[Dataset, Dataset]:
-  """Splits ``ds`` into ``(forget, retain)``, retain = ds - forget.
-
-  Raises:
-    ValueError: empty forget set, unknown ids, or a forget set holding every example.
-  """
-  ids = check_ids(ds, forget_ids)
-  if len(ids) == len(ds):
-    raise ValueError(f"the forget set holds all {len(ds)} examples: nothing would be retained.")
-  return ds.take(ids), ds.drop(ids)
-
-
-def flip_labels(ds: Dataset, fraction: float, *, seed: int) -> tuple[Dataset, np.ndarray]:
-  """Corrupts a seeded ``fraction`` of labels, each to a different, uniformly drawn class.
-
-  Returns:
-    ``(corrupted dataset, ids of the corrupted examples)`` for corrective-unlearning experiments.
-  """
-  ids = random_ids(ds, fraction, seed=seed)
-  rng = np.random.default_rng([seed, 1])
-  pos = ds.positions(ids)
-  y = ds.y.copy()
-  shift = rng.integers(1, ds.num_classes, size=len(pos))
-  y[pos] = (y[pos] + shift) % ds.num_classes
-  return dataclasses.replace(ds, y=y), ids
-
-
-def stamp_trigger(
-    ds: Dataset,
-    fraction: float,
-    *,
-    seed: int,
-    target_label: int,
-    patch_size: int = 2,
-    value: float = 1.0,
-) -> tuple[Dataset, np.ndarray]:
-  """Poisons a seeded ``fraction``: stamps a square trigger in the bottom-right corner and relabels.
-
-  The patch is ``patch_size`` wide along every spatial axis (the last ``patch_size`` positions of a
-  1-D signal), set to ``value`` in all channels; the poisoned examples get ``target_label``.
-
-  Returns:
-    ``(poisoned dataset, ids of the poisoned examples)``.
-  """
-  if not 0 <= int(target_label) < ds.num_classes:
-    raise ValueError(f"target_label {target_label!r} out of range; classes are 0..{ds.num_classes - 1}.")
-  spatial = ds.x.shape[1:-1]
-  if patch_size < 1 or any(patch_size > s for s in spatial):
-    raise ValueError(f"patch_size must be in 1..{min(spatial)}, got {patch_size}.")
-  ids = random_ids(ds, fraction, seed=seed)
-  pos = ds.positions(ids)
-  x = ds.x.copy()
-  y = ds.y.copy()
-  region = (pos,) + tuple(slice(s - patch_size, s) for s in spatial) + (slice(None),)
-  x[region] = value
-  y[pos] = target_label
-  return dataclasses.replace(ds, x=x, y=y), ids
-
-
-def parse_forget(spec: str, ds: Dataset, *, seed: int) -> np.ndarray:
-  """Selects forget ids from a textual spec: ``class:3``, ``class:3,5``, ``random:0.1`` or ``ids:FILE``.
-
-  ``ids:FILE`` reads one integer id per line (blank lines and ``#`` comments ignored).
-  """
-  kind, _, arg = spec.partition(":")
-  if kind == "class" and arg:
-    try:
-      classes = [int(c) for c in arg.split(",")]
-    except ValueError:
-      raise ValueError(f"class spec must list integers, got {arg!r}.") from None
-    return class_ids(ds, classes)
-  if kind == "random" and arg:
-    try:
-      fraction = float(arg)
-    except ValueError:
-      raise ValueError(f"random spec needs a fraction in (0, 1), got {arg!r}.") from None
-    return random_ids(ds, fraction, seed=seed)
-  if kind == "ids" and arg:
-    return check_ids(ds, read_ids_file(arg))
-  raise ValueError(f"unknown forget spec {spec!r}; expected class:K[,K...], random:FRACTION or ids:FILE.")
-
-
-_ID_TOKEN = re.compile(r"[+-]?[0-9]+")
-
-
-def parse_id_tokens(tokens: Sequence[str], where: Sequence[str]) -> np.ndarray:
-  """Parses textual ids: each token must be ASCII digits with an optional sign (``"1_9"``,
-  ``"3.0"``, ``"1e3"`` and non-ASCII digits are refused). ``where[i]`` names token ``i`` in errors."""
-  out = []
-  for token, place in zip(tokens, where):
-    if not _ID_TOKEN.fullmatch(token):
-      raise ValueError(f"{place}: expected an integer id, got {token!r}.")
-    value = int(token)
-    if not _INT64.min <= value <= _INT64.max:
-      raise ValueError(f"{place}: id {token} is out of the int64 range.")
-    out.append(value)
-  return np.asarray(out, dtype=np.int64)
-
-
-def read_ids_file(path: str) -> np.ndarray:
-  """Reads one integer id per line (blank lines and ``#`` comments ignored).
-
-  The file is UTF-8 text, with or without a byte-order mark; UTF-16 with a byte-order mark is
-  decoded too. Anything else (a directory, binary data, another encoding, a malformed line) raises
-  ``ValueError`` naming the file and line.
-  """
-  try:
-    with open(path, "rb") as f:
-      raw = f.read()
-  except IsADirectoryError:
-    raise ValueError(f"{path} is a directory, not a file of ids.") from None
-  except FileNotFoundError:
-    raise ValueError(f"{path}: no such file of ids.") from None
-  except PermissionError:
-    raise ValueError(f"{path}: permission denied reading the file of ids.") from None
-  if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-    encoding = "utf-16"
-  else:
-    encoding = "utf-8-sig"
-  try:
-    text = raw.decode(encoding)
-  except UnicodeDecodeError as err:
-    raise ValueError(f"{path} is not UTF-8 text (byte {err.start} cannot be decoded); write one integer id per "
-                     "line as plain text.") from None
-  tokens, where = [], []
-  for lineno, line in enumerate(text.splitlines(), 1):
-    token = line.split("#", 1)[0].strip()
-    if token:
-      tokens.append(token)
-      where.append(f"{path}:{lineno}")
-  return parse_id_tokens(tokens, where)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import optax
 
-from jaxunlearn._src import data as data_lib
+from jaxunlearn._src import id_text, loaders, selection
 from jaxunlearn._src import losses, metrics, models, training
 from jaxunlearn._src import methods as methods_lib
 from jaxunlearn._src.relearn import relearn_steps
@@ -34,9 +34,9 @@ def _timed(fn: Callable[[], object]) -> tuple[object, float, float]:
 def prepare(*, dataset: str, forget: str, model: str, seed: int, data_dir: str | None):
   """Loads the data, selects the forget set and builds the model: ``(train, test, forget, retain,
   apply, params, init, loss)`` (``params`` initialised from ``seed``)."""
-  train, test = data_lib.load(dataset, data_dir=data_dir)
-  forget_ids = data_lib.parse_forget(forget, train, seed=seed)
-  forget_ds, retain_ds = data_lib.split_forget(train, forget_ids)
+  train, test = loaders.load(dataset, data_dir=data_dir)
+  forget_ids = id_text.parse_forget(forget, train, seed=seed)
+  forget_ds, retain_ds = selection.split_forget(train, forget_ids)
   apply, params = models.create(model, train.input_shape, train.num_classes, key=jax.random.key(seed))
   init = models.init_fn(model, train.input_shape, train.num_classes)
   return train, test, forget_ds, retain_ds, apply, params, init, losses.cross_entropy_loss(apply)

@@ -59,7 +59,7 @@ def relearn_steps(
     raise ValueError(f"target_accuracy must be in [0, 1], got {target_accuracy}.")
   if max_steps < 0:
     raise ValueError(f"max_steps must be >= 0, got {max_steps}.")
-  step = training._compiled_step(loss_fn, optimizer)
+  step = training.compiled_step(loss_fn, optimizer)
   opt_state = optimizer.init(params)
   stream = itertools.chain.from_iterable(
       data_lib.batches(forget, batch_size, seed=seed, epoch=e) for e in itertools.count()

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from jaxunlearn._src import data as data_lib
+from jaxunlearn._src import id_text, loaders
 from jaxunlearn._src import losses, models, sisa
 
 
@@ -24,7 +25,7 @@ def _open(directory: str, config: sisa.SisaConfig | None = None, data_dir: str |
     data_dir = stored["data_dir"]
   if config.dataset is None or config.model is None or config.learning_rate is None:
     raise ValueError(f"{directory} was created from Python with custom functions; open it with jaxunlearn.sisa.SISA.")
-  train, test = data_lib.load(config.dataset, data_dir=data_dir)
+  train, test = loaders.load(config.dataset, data_dir=data_dir)
   apply, _ = models.create(config.model, train.input_shape, train.num_classes, key=jax.random.key(0))
   init = models.init_fn(config.model, train.input_shape, train.num_classes)
   job = sisa.SISA(directory, train, init_fn=init, apply_fn=apply, loss_fn=losses.cross_entropy_loss(apply),
@@ -78,7 +79,7 @@ def _run(args) -> int:
                              seed=args.seed, strategy=args.strategy, dataset=args.dataset, model=args.model,
                              learning_rate=args.lr)
     config.validate()
-    exclude = data_lib.read_ids_file(args.exclude_ids) if args.exclude_ids else None
+    exclude = id_text.read_ids_file(args.exclude_ids) if args.exclude_ids else None
     job, _ = _open(args.dir, config, args.data_dir)
     with _bar(console, "training shards") as bar:
       summary = job.train(exclude_ids=exclude, progress=bar, wait=args.wait)
@@ -87,7 +88,7 @@ def _run(args) -> int:
     return 3 if summary["cleanup_pending"] else 0
   job, test = _open(args.dir)
   if args.op == "forget":
-    ids = data_lib.read_ids_file(args.ids_file) if args.ids_file else _parse_ids(args.ids)
+    ids = id_text.read_ids_file(args.ids_file) if args.ids_file else _parse_ids(args.ids)
     with _bar(console, "retraining") as bar:
       record = job.forget(ids, progress=bar, wait=args.wait)
     if record["noop"]:
@@ -129,7 +130,7 @@ def _run(args) -> int:
 
 def _parse_ids(text: str) -> np.ndarray:
   tokens = [t.strip() for t in text.split(",") if t.strip()]
-  return data_lib.parse_id_tokens(tokens, [f"--ids entry {i + 1}" for i in range(len(tokens))])
+  return id_text.parse_id_tokens(tokens, [f"--ids entry {i + 1}" for i in range(len(tokens))])
 
 
 def _status(console, job: sisa.SISA, test: data_lib.Dataset) -> int:

@@ -16,7 +16,7 @@ from jaxunlearn._src.microbatch import check_micro_batch, microbatch_value_and_g
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, micro_batch: int | None = None,
+def compiled_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, micro_batch: int | None = None,
                    stateful: bool = False):
   # Cached by the identity of loss_fn and optimizer: the same objects reuse one compiled step.
   if stateful:
@@ -99,7 +99,7 @@ def fit(
   micro_batch = None if micro_batch is None else check_micro_batch(micro_batch)
   if state is not None and micro_batch is not None:
     raise ValueError("micro_batch and state cannot be combined: the state of one micro-batch would feed the next.")
-  step = _compiled_step(loss_fn, optimizer, micro_batch, state is not None)
+  step = compiled_step(loss_fn, optimizer, micro_batch, state is not None)
   opt_state = optimizer.init(params)
   for epoch in range(epochs):
     for batch in data_lib.batches(ds, batch_size, seed=seed, epoch=epoch):

@@ -1,21 +1,19 @@
 """Datasets with stable example ids, forget-set selection and deterministic batching."""
 
 from jaxunlearn._src.data import Dataset
-from jaxunlearn._src.data import EMBEDDED_DATASETS
 from jaxunlearn._src.data import Splits
 from jaxunlearn._src.data import as_ids
 from jaxunlearn._src.data import batches
 from jaxunlearn._src.data import check_ids
-from jaxunlearn._src.data import class_ids
-from jaxunlearn._src.data import flip_labels
 from jaxunlearn._src.data import id_order
-from jaxunlearn._src.data import load
 from jaxunlearn._src.data import num_batches
-from jaxunlearn._src.data import parse_forget
-from jaxunlearn._src.data import random_ids
-from jaxunlearn._src.data import read_ids_file
-from jaxunlearn._src.data import split_forget
-from jaxunlearn._src.data import stamp_trigger
+from jaxunlearn._src.loaders import EMBEDDED_DATASETS
+from jaxunlearn._src.loaders import load
+from jaxunlearn._src.selection import class_ids
+from jaxunlearn._src.selection import flip_labels
+from jaxunlearn._src.selection import random_ids
+from jaxunlearn._src.selection import split_forget
+from jaxunlearn._src.selection import stamp_trigger
 
 __all__ = (
     "Dataset",
@@ -29,9 +27,7 @@ __all__ = (
     "id_order",
     "load",
     "num_batches",
-    "parse_forget",
     "random_ids",
-    "read_ids_file",
     "split_forget",
     "stamp_trigger",
 )
