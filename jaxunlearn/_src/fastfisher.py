@@ -116,6 +116,27 @@ def _flatten(closed) -> tuple[list[_Eqn], list[int], list[tuple[int, Any]], list
   return eqns, in_tokens, const_tokens, out_tokens
 
 
+class _Site(NamedTuple):
+  """A parameter leaf whose per-example squared gradients come from one perturbed output.
+
+  ``kind``: ``"dense"`` / ``"rows"`` (a kernel applied to one / several rows per example),
+  ``"bias"`` / ``"rows_bias"`` (added to them), ``"scale"`` (multiplied elementwise with them).
+  """
+
+  kind: str
+  eqn: int  # the equation whose output is perturbed (its cotangent is delta)
+  features: int  # elements of the output's feature axes (the kernel's free axes, the bias/scale's)
+  contracted: int = 0  # kernels: elements of the contracted axes
+  other: int = -1  # scales: operand position of the other factor of the multiply
+
+  @property
+  def recorded(self) -> int | None:
+    """The operand of ``eqn`` whose value the squares need: a kernel's input, a scale's factor."""
+    if self.kind in ("dense", "rows"):
+      return 0
+    return self.other if self.kind == "scale" else None
+
+
 def _strip_ones(shape) -> tuple[int, ...]:
   shape = tuple(shape)
   while shape and shape[0] == 1:
@@ -159,13 +180,12 @@ def _keeps_trailing(chain: list[_Eqn]) -> bool:
 
 
 def _analyse(eqns: list[_Eqn], param_tokens: list[int], batch: int):
-  """Finds decomposable leaves: {leaf index: (kind, eqn index, K, N)}.
+  """Finds decomposable leaves: ``{leaf index: _Site}``.
 
   Kinds: ``"dense"`` (a kernel applied to one row per example), ``"rows"`` (a kernel applied to
   several rows per example: tokens, pixels, patches), ``"bias"`` (added to one row per example),
   ``"rows_bias"`` (added to several rows per example), ``"scale"`` (multiplied elementwise with
-  rows of the example). A kernel's contracted axes hold ``K`` elements and its free axes ``N``; a
-  bias or scale has ``N`` elements, and for a scale ``K`` is the position of the other factor.
+  rows of the example).
   """
   uses: dict[int, list[tuple[int, int]]] = {}
   for i, e in enumerate(eqns):
@@ -190,7 +210,7 @@ def _analyse(eqns: list[_Eqn], param_tokens: list[int], batch: int):
           and tuple(lc) == tuple(range(free, len(lhs))) and lhs[free:] == rhs[:c] and lhs[0] == batch
           and tuple(e.out_avals[0].shape) == lhs[:free] + rhs[c:]):
         kind = "dense" if all(d == 1 for d in lhs[1:free]) else "rows"
-        found[k] = (kind, j, math.prod(rhs[:c]), math.prod(rhs[c:]))
+        found[k] = _Site(kind, j, features=math.prod(rhs[c:]), contracted=math.prod(rhs[:c]))
       continue
     # A bias (added) or a scale (multiplied, as in a normalisation layer): followed through
     # single-use broadcasts and reshapes that keep it on the trailing axes, to an add or a multiply
@@ -209,9 +229,9 @@ def _analyse(eqns: list[_Eqn], param_tokens: list[int], batch: int):
       # The other factor, broadcast to the output (per example, per row, or shared).
       if len(other) == len(out) and all(o in (1, d) for o, d in zip(other, out)) and j not in scale_eqns:
         scale_eqns.add(j)
-        found[k] = ("scale", j, 1 - jpos, math.prod(core))
+        found[k] = _Site("scale", j, features=math.prod(core), other=1 - jpos)
     elif other == out:
-      found[k] = ("bias" if one_row else "rows_bias", j, 1, math.prod(core))
+      found[k] = _Site("bias" if one_row else "rows_bias", j, features=math.prod(core))
   return found
 
 
@@ -231,7 +251,7 @@ def _confirm_example_axis(total, flat_p, flat_c, eqns, found):
 
   kept = {}
   for k, site in found.items():
-    i = site[1]
+    i = site.eqn
     a, b = eqns[i], eqns2[i]
     pairs = [(x.shape, y.shape) for x, y in zip(a.in_avals + a.out_avals, b.in_avals + b.out_avals)
              if x is not None and y is not None]
@@ -334,24 +354,26 @@ def squared_grad_sum(loss_fn, params, chunk) -> Any:
   if found:
     # Inside shard_map a site varies over the devices' axes like its activation: an unvarying
     # perturbation would have its cotangent summed over devices.
-    sites = {i: vary(jnp.zeros(eqns[i].out_avals[0].shape, eqns[i].out_avals[0].dtype),
-                     varying_axes(eqns[i].out_avals[0])) for _, i, _, _ in found.values()}
-    record = {i: (0 if kind in ("dense", "rows") else n_in) for kind, i, n_in, _ in found.values()
-              if kind in ("dense", "rows", "scale")}
+    sites = {}
+    for site in found.values():
+      aval = eqns[site.eqn].out_avals[0]
+      sites[site.eqn] = vary(jnp.zeros(aval.shape, aval.dtype), varying_axes(aval))
+    record = {site.eqn: site.recorded for site in found.values() if site.recorded is not None}
 
     def perturbed(eps):
       (loss,), acts = _evaluate(eqns, in_tokens, const_tokens, out_tokens, flat_p + flat_c, eps, record)
       return loss, acts
 
     deltas, acts = jax.grad(perturbed, has_aux=True)(sites)
-    for k, (kind, i, n_in, n_out) in found.items():
+    for k, site in found.items():
+      i, n_out = site.eqn, site.features
       d = deltas[i].reshape(batch, -1, n_out).astype(jnp.float32)  # [examples, rows, N]
-      if kind == "dense":
-        a2 = jnp.square(acts[i].reshape(batch, n_in).astype(jnp.float32))
+      if site.kind == "dense":
+        a2 = jnp.square(acts[i].reshape(batch, site.contracted).astype(jnp.float32))
         out[k] = a2.T @ jnp.square(d[:, 0])
-      elif kind == "rows":
-        out[k] = _rows_kernel_squares(acts[i].reshape(batch, -1, n_in).astype(jnp.float32), d)
-      elif kind == "scale":  # example i's gradient: the sum over its rows of (other factor * delta)
+      elif site.kind == "rows":
+        out[k] = _rows_kernel_squares(acts[i].reshape(batch, -1, site.contracted).astype(jnp.float32), d)
+      elif site.kind == "scale":  # example i's gradient: the sum over its rows of (other factor * delta)
         factor = jnp.broadcast_to(acts[i], deltas[i].shape).reshape(batch, -1, n_out).astype(jnp.float32)
         out[k] = jnp.sum(jnp.square(jnp.sum(factor * d, axis=1)), axis=0)
       else:  # a bias: example i's gradient is the sum of its rows' cotangents
