@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from collections.abc import Sequence
-
-import numpy as np
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,21 +60,6 @@ def _method_names() -> list[str]:
 def _methods_parser(sub) -> None:
   sub.add_parser("methods", help="list the unlearning methods with their defaults and citations",
                  description="The method registry: what `demo --methods` and `score --methods` take.")
-
-
-def _run_methods(args) -> int:
-  from rich.table import Table
-
-  from jaxunlearn._src import methods as methods_lib
-
-  table = Table(title="unlearning methods (jaxunlearn.methods)")
-  for col in ("method", "what it does", "defaults", "N models at once", "reference"):
-    table.add_column(col)
-  for name, m in methods_lib.all_methods().items():
-    table.add_row(name, m.summary, ", ".join(f"{k}={v!r}" for k, v in m.defaults.items()),
-                  "yes" if m.unlearn_many is not None else "no", m.citation)
-  _console().print(table)
-  return 0
 
 
 def _score_parser(sub) -> None:
@@ -144,15 +125,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   _methods_parser(sub)
   _sisa_parser(sub)
   args = parser.parse_args(argv)
+  from jaxunlearn._src import reports
   from jaxunlearn._src.sisa import CheckpointError, LockTimeout
 
   try:
     if args.command == "demo":
-      return _run_demo(args)
+      return reports.run_demo(args)
     if args.command == "score":
-      return _run_score(args)
+      return reports.run_score(args)
     if args.command == "methods":
-      return _run_methods(args)
+      return reports.run_methods(args)
     if args.command == "sisa":
       from jaxunlearn._src import sisa_cli
 
@@ -166,122 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   parser.error(f"unknown command {args.command!r}")
   return 2
-
-
-def _run_demo(args) -> int:
-  from rich.table import Table
-
-  from jaxunlearn._src import demo
-  from jaxunlearn._src import methods as methods_lib
-
-  console = _console()
-  methods = methods_lib.parse(args.methods)
-  console.print(
-      f"[bold]jaxunlearn demo[/bold]: dataset={args.dataset} model={args.model} forget={args.forget} seed={args.seed}"
-  )
-  start = time.perf_counter()
-  report = demo.run(
-      dataset=args.dataset,
-      forget=args.forget,
-      methods=methods,
-      model=args.model,
-      seed=args.seed,
-      epochs=args.epochs,
-      data_dir=args.data_dir,
-      log=lambda msg: console.print(f"  {msg}", style="dim"),
-  )
-  table = Table(title=f"Unlearning on {args.dataset}: forget {args.forget} ({report['forget_size']} examples)")
-  by_class = report["original"].get("test_forgotten_classes_acc") is not None
-  for col in ("method", "forget acc", "retain acc", "test acc") + (("test acc, forgotten classes",) if by_class else ()) + (
-      "MIA AUC", "JS to retrained", "seconds", "compile s", "speed-up vs retrain", "relearn steps"):
-    table.add_column(col, justify="left" if col == "method" else "right")
-  retrain_s = report["retrain"]["seconds"]
-  for name, row in [("original", report["original"]), ("retrain", report["retrain"])] + list(
-      report["methods"].items()
-  ):
-    speedup = "" if name == "original" else f"{retrain_s / max(row['seconds'], 1e-9):.1f}x"
-    table.add_row(
-        name,
-        f"{row['forget_acc']:.3f}",
-        f"{row['retain_acc']:.3f}",
-        f"{row['test_acc']:.3f}",
-        *((f"{row['test_forgotten_classes_acc']:.3f}",) if by_class else ()),
-        f"{row['mia_auc']:.3f}",
-        f"{row['js_to_retrain']:.4f}",
-        f"{row['seconds']:.2f}",
-        f"{row['compile_seconds']:.2f}",
-        speedup,
-        "-" if row.get("relearn_steps", 0) is None else str(row.get("relearn_steps", "")),
-    )
-  console.print(table)
-  console.print(f"total {time.perf_counter() - start:.1f} s. Seconds: steady state (second run); compile s: first run minus second. MIA AUC: loss-threshold attack, forget vs test (0.5 = indistinguishable). JS: Jensen-Shannon (base 2) to the retrained model on the forget set. Relearn steps: Adam steps on the forget set until its accuracy is back to the original's ('-': not within 100).")
-  _write_outputs(console, report, args, "demo_plot")
-  return 0
-
-
-def _console():
-  from rich.console import Console
-
-  # Wide enough for the tables when the output is piped (rich falls back to 80 columns there).
-  return Console() if sys.stdout.isatty() else Console(width=150)
-
-
-def _write_outputs(console, report: dict, args, plot_name: str) -> None:
-  if args.json_path:
-    with open(args.json_path, "w") as f:
-      json.dump(report, f, indent=2)
-    console.print(f"wrote {args.json_path}")
-  if args.plot_path:
-    from jaxunlearn._src import plot
-
-    getattr(plot, plot_name)(report, args.plot_path)
-    console.print(f"wrote {args.plot_path}")
-
-
-def _run_score(args) -> int:
-  from rich.table import Table
-
-  from jaxunlearn._src import methods as methods_lib
-  from jaxunlearn._src import score
-
-  console = _console()
-  methods = methods_lib.parse(args.methods)
-  console.print(
-      f"[bold]jaxunlearn score[/bold]: dataset={args.dataset} model={args.model} forget={args.forget} "
-      f"models={args.models} seed={args.seed}"
-  )
-  start = time.perf_counter()
-  report = score.run(
-      dataset=args.dataset, forget=args.forget, methods=methods, n_models=args.models, model=args.model,
-      seed=args.seed, epochs=args.epochs, strategy=args.strategy, data_dir=args.data_dir,
-      log=lambda msg: console.print(f"  {msg}", style="dim"),
-  )
-  table = Table(title=f"NeurIPS 2023 score, {args.models} models per method: forget {args.forget} "
-                      f"({report['forget_size']} examples)")
-  for col in ("method", "score", "forget quality", "median eps", "forget acc", "retain acc", "test acc", "seconds (N models, with compile)"):
-    table.add_column(col, justify="left" if col == "method" else "right")
-  rows = [("retrain", report["retrain"]), ("original", report["original"])] + list(report["methods"].items())
-  for name, row in rows:
-    scored = "epsilon" in row
-    table.add_row(
-        name,
-        f"{row['score']:.4f}" if scored else "(reference)",
-        f"{row['forget_quality']:.4f}" if scored else "",
-        f"{float(np.median(row['epsilon'])):.2f}" if scored else "",
-        f"{row['forget_acc']:.3f}", f"{row['retain_acc']:.3f}", f"{row['test_acc']:.3f}", f"{row['seconds']:.1f}",
-    )
-  console.print(table)
-  hist = Table(title="epsilon per forget example (count per bin)")
-  hist.add_column("method")
-  bins = score.histogram(report["original"]["epsilon"])
-  for label, _ in bins:
-    hist.add_column(label, justify="right")
-  for name, row in rows[1:]:
-    hist.add_row(name, *[str(c) for _, c in score.histogram(row["epsilon"])])
-  console.print(hist)
-  console.print(f"total {time.perf_counter() - start:.1f} s. Score = forget quality x (retain acc / retrained's) x (test acc / retrained's); higher is better. 'original' is the models before unlearning.")
-  _write_outputs(console, report, args, "score_plot")
-  return 0
 
 
 if __name__ == "__main__":

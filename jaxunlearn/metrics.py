@@ -4,13 +4,13 @@ from jaxunlearn._src.metrics import accuracy
 from jaxunlearn._src.metrics import activation_distance
 from jaxunlearn._src.metrics import auc
 from jaxunlearn._src.metrics import entropy
-from jaxunlearn._src.metrics import forget_quality
+from jaxunlearn._src.neurips import forget_quality
 from jaxunlearn._src.metrics import js_divergence
 from jaxunlearn._src.metrics import kl_divergence
 from jaxunlearn._src.metrics import logistic_mia
-from jaxunlearn._src.metrics import logit_scaled_confidence
+from jaxunlearn._src.neurips import logit_scaled_confidence
 from jaxunlearn._src.metrics import loss_threshold_mia
-from jaxunlearn._src.metrics import neurips_score
+from jaxunlearn._src.neurips import neurips_score
 from jaxunlearn._src.metrics import per_example_loss
 from jaxunlearn._src.metrics import zrf_score
 from jaxunlearn._src.relearn import relearn_steps

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import optax
 
-from jaxunlearn._src import lanes, metrics
+from jaxunlearn._src import lanes, neurips
 from jaxunlearn._src import methods as methods_lib
 from jaxunlearn._src.demo import prepare
 from jaxunlearn._src.lane_recipes import Stacked
@@ -38,7 +38,7 @@ def run(
   """Trains N originals and N retrained models, unlearns with each method, returns the report.
 
   Report keys: ``original``, ``retrain`` (reference accuracies) and ``methods.<name>`` with
-  ``forget_quality``, ``score`` (``metrics.neurips_score``), mean ``forget_acc``/``retain_acc``/
+  ``forget_quality``, ``score`` (``neurips.neurips_score``), mean ``forget_acc``/``retain_acc``/
   ``test_acc`` over the N models, ``epsilon`` (per forget example) and ``seconds`` (all N models).
   ``original`` is scored too: the models before unlearning, what doing nothing earns.
   """
@@ -76,7 +76,7 @@ def run(
       logits = lanes.predict(apply, params, ds.x)
       row[f"{name}_acc"] = float(np.mean(np.argmax(logits, -1) == ds.y[None]))
       if name == "forget":
-        confs = np.stack([metrics.logit_scaled_confidence(z, ds.y) for z in logits])
+        confs = np.stack([neurips.logit_scaled_confidence(z, ds.y) for z in logits])
     return row, confs
 
   ref, ref_confs = evaluate(retrained)
@@ -89,10 +89,10 @@ def run(
 
   def scored(params, seconds):
     row, confs = evaluate(params)
-    fq, eps = metrics.forget_quality(confs, ref_confs)
+    fq, eps = neurips.forget_quality(confs, ref_confs)
     row.update(
         forget_quality=fq,
-        score=metrics.neurips_score(fq, retain_acc=row["retain_acc"], test_acc=row["test_acc"],
+        score=neurips.neurips_score(fq, retain_acc=row["retain_acc"], test_acc=row["test_acc"],
                                     retrain_retain_acc=ref["retain_acc"], retrain_test_acc=ref["test_acc"]),
         epsilon=[float(e) for e in eps],
         seconds=seconds,
@@ -110,9 +110,9 @@ def run(
   return report
 
 
-def histogram(eps, *, edges=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, metrics.EPSILON_CAP)) -> list[tuple[str, int]]:
+def histogram(eps, *, edges=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, neurips.EPSILON_CAP)) -> list[tuple[str, int]]:
   """Counts of per-example epsilons in bins ``[edges[i], edges[i+1])``, the last one closed
-  (epsilons are capped at ``metrics.EPSILON_CAP``)."""
+  (epsilons are capped at ``neurips.EPSILON_CAP``)."""
   counts = np.histogram(np.asarray(eps, float), bins=np.asarray(edges, float))[0]
   labels = [f"[{lo:g},{hi:g}{']' if i == len(edges) - 2 else ')'}" for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))]
   return list(zip(labels, [int(c) for c in counts]))
