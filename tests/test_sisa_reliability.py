@@ -304,3 +304,16 @@ def test_repair_retrains_from_the_last_intact_stage(job_maker, fresh, tmp_path):
   assert job.repair()["retrained"] == {"2": 1}
   check_invariants(job_maker, fresh, victim, tmp_path)
   assert job.status()["repairs"][-1]["retrained"] == {"2": 1}
+
+
+def test_results_are_typed_with_the_same_fields_on_a_noop(job_maker, fresh):
+  job = job_maker.open(fresh)
+  ids = job_maker.ids_in(1, 0)
+  done, again = job.forget(ids), job.forget(ids)
+  assert isinstance(done, sisa.ForgetResult) and isinstance(again, sisa.ForgetResult)
+  assert done.keys() == again.keys() and again.noop and not done.noop
+  assert (again.retrained, again.steps, again.already_forgotten) == ({}, 0, ids)
+  assert done["seq"] == done.seq == 1 and done.remaining == len(job_maker.data) - 1
+  assert json.loads(json.dumps(done.as_dict()))["ids"] == ids
+  result = job.verify()
+  assert isinstance(result, sisa.VerifyResult) and result.ok and result["shards"] == {"1": True}

@@ -44,12 +44,13 @@ from jaxunlearn._src import sisa_plan as plan_lib
 from jaxunlearn._src import sisa_store as store_lib
 from jaxunlearn._src.base import ApplyFn, LossFn, Params
 from jaxunlearn._src.sisa_plan import SisaConfig, digest, plan
+from jaxunlearn._src.sisa_results import ForgetResult, RepairResult, TrainResult, VerifyResult
 from jaxunlearn._src.sisa_store import CheckpointError, LockTimeout, SisaWarning, read_config
 
 Progress = Callable[[str, int, int], None]
 
-__all__ = ("SISA", "CheckpointError", "LockTimeout", "SisaConfig", "SisaWarning", "aggregate", "digest", "plan",
-           "read_config")
+__all__ = ("SISA", "CheckpointError", "ForgetResult", "LockTimeout", "RepairResult", "SisaConfig", "SisaWarning",
+           "TrainResult", "VerifyResult", "aggregate", "digest", "plan", "read_config")
 
 
 class SISA:
@@ -277,12 +278,12 @@ class SISA:
 
   # -- public operations --------------------------------------------------------------------------
   def train(self, *, exclude_ids: Sequence[int] | None = None, progress: Progress | None = None,
-            wait: float | None = None) -> dict:
+            wait: float | None = None) -> TrainResult:
     """Trains every shard from scratch and writes the directory. ``exclude_ids`` are left out
     from the start (recorded as forgotten): the reference that ``forget`` must reproduce. An
     interrupted ``train`` resumes: checkpoints already written (same content) are reused.
 
-    Returns a summary ``{"steps", "seconds", "digests"}``. Refuses a directory that already holds a
+    Returns a :class:`TrainResult` (steps, seconds, digests, cleanup_pending). Refuses a directory that already holds a
     trained ensemble (``forget`` changes one; delete the directory to start over), and one with a
     ledger of deletions (``repair`` rebuilds such a directory and keeps every deletion).
     """
@@ -331,14 +332,14 @@ class SISA:
         self.store.write_json("manifest.json", manifest)
         store_lib.fault("train:after_commit")
         pending = self._finish(manifest, "training")
-      return {"steps": steps, "seconds": seconds, "digests": [manifest["final"][str(k)] for k in range(c.shards)],
-              "cleanup_pending": pending}
+      return TrainResult(steps, seconds, [manifest["final"][str(k)] for k in range(c.shards)], pending)
 
   @property
   def _fingerprint(self) -> str:
     return self._stored["data"] + json.dumps(self._stored["sisa"], sort_keys=True)
 
-  def forget(self, ids: Sequence[int], *, progress: Progress | None = None, wait: float | None = None) -> dict:
+  def forget(self, ids: Sequence[int], *, progress: Progress | None = None,
+             wait: float | None = None) -> ForgetResult:
     r"""Forgets ``ids`` exactly: retrains each affected shard from the checkpoint before its
     earliest affected slice, switches to the new checkpoints atomically, logs the request.
 
@@ -352,9 +353,9 @@ class SISA:
       progress: ``progress(stage, done, total)`` callback.
       wait: seconds to wait for another writer's lock (``None``: wait as long as it takes).
 
-    Returns the ledger record: ``{"seq", "time", "ids", "already_forgotten", "retrained"
-    {shard: first slice}, "steps", "seconds", "digest_before", "digest_after", "remaining", "noop",
-    "cleanup_pending"}``; ``remaining`` is the number of training examples left.
+    Returns a :class:`ForgetResult`: the ledger record's fields (seq, time, ids, already_forgotten,
+    retrained {shard: first slice}, steps, seconds, digests before and after) with ``noop``,
+    ``remaining`` (training examples left) and ``cleanup_pending``; the same fields on a no-op.
 
     Raises:
       ValueError: an empty request, ids not in the plan (listed; nothing is changed), or another
@@ -380,9 +381,9 @@ class SISA:
       already = [int(i) for i in request if int(i) in forgotten]
       new = np.array([i for i in request if int(i) not in forgotten], np.int64)
       if new.size == 0:
-        return {"noop": True, "ids": [int(i) for i in request], "already_forgotten": already,
-                "remaining": int(len(plan_ids) - len(forgotten)),
-                "message": "every id was already forgotten; nothing to do."}
+        return ForgetResult(noop=True, ids=[int(i) for i in request], already_forgotten=already,
+                            remaining=int(len(plan_ids) - len(forgotten)),
+                            message="every id was already forgotten; nothing to do.")
       hit = np.isin(plan_ids, new)
       starts: dict[int, int] = {}
       for s, r in zip(plan_shard[hit], plan_slice[hit]):
@@ -410,9 +411,11 @@ class SISA:
         self.store.write_json("manifest.json", manifest)  # the atomic switch: the commit
         store_lib.fault("forget:after_commit")
         pending = self._finish(manifest, f"request #{seq}")
-      return {**record, "remaining": int(len(plan_ids) - len(manifest["forgotten"])), "cleanup_pending": pending}
+      remaining = int(len(plan_ids) - len(manifest["forgotten"]))
+      return ForgetResult(**record, remaining=remaining, cleanup_pending=pending,
+                          message=f"forgot {len(record['ids'])} id(s); {remaining} training example(s) remain.")
 
-  def repair(self, *, progress: Progress | None = None, wait: float | None = None) -> dict:
+  def repair(self, *, progress: Progress | None = None, wait: float | None = None) -> RepairResult:
     """Rebuilds the live state from what is intact on disk, keeping every promise in the ledger.
 
     The forgotten set is the union of the ledger's ids, the ids excluded at training and (when it
@@ -423,8 +426,8 @@ class SISA:
     corrupted manifest, an older manifest restored over a newer one, and damaged checkpoints. The
     result is bit-identical to training without the forgotten ids (same backend).
 
-    Returns ``{"forgotten", "retrained" {shard: first retrained stage}, "reused", "steps",
-    "seconds", "digests", "cleanup_pending"}``.
+    Returns a :class:`RepairResult` (forgotten, retrained {shard: first retrained stage}, reused,
+    steps, seconds, digests, cleanup_pending).
     """
     c = self.config
     if self._stored is None:
@@ -467,11 +470,9 @@ class SISA:
       with self.store.switch(shared=False):
         self.store.write_json("manifest.json", manifest)
         pending = self._finish(manifest, "repair")
-      total_stages = c.shards * c.slices
-      return {"forgotten": len(forgotten), "retrained": {str(k): v for k, v in sorted(retrained.items())},
-              "reused": total_stages - sum(c.slices - v for v in retrained.values()), "steps": steps,
-              "seconds": seconds, "digests": [manifest["final"][str(k)] for k in range(c.shards)],
-              "cleanup_pending": pending}
+      return RepairResult(len(forgotten), {str(k): v for k, v in sorted(retrained.items())},
+                          c.shards * c.slices - sum(c.slices - v for v in retrained.values()), steps, seconds,
+                          [manifest["final"][str(k)] for k in range(c.shards)], pending)
 
   @contextlib.contextmanager
   def _reading(self):
@@ -540,7 +541,7 @@ class SISA:
           "unreferenced": self.store.unreferenced(manifest), "not_ours": strays,
       }
 
-  def verify(self, *, progress: Progress | None = None) -> dict:
+  def verify(self, *, progress: Progress | None = None) -> VerifyResult:
     """Checks the directory against the disk and against retraining.
 
     1. Every live checkpoint (every shard, every stage) is restored: each file's sha256 and the
@@ -548,7 +549,7 @@ class SISA:
     2. Every shard that lost ids is retrained from scratch (a scratch run, nothing written) and
        its digest compared with the checkpoint's.
 
-    Returns ``{"shards": {k: bool}, "ok", "problems": [messages]}``.
+    Returns a :class:`VerifyResult` (shards {k: bool}, ok, problems).
     """
     self._check_platform("verify")
     problems: list[str] = []
@@ -580,7 +581,7 @@ class SISA:
         problems.append(f"shard {k}: retraining from scratch gives different parameters"
                         + ("" if k in live else " (a shard with no examples left)"))
     ok = all(result.values()) and not problems
-    return {"shards": result, "ok": ok, "problems": problems}
+    return VerifyResult(result, ok, problems)
 
 
 def aggregate(logits: np.ndarray, how: str = "vote") -> np.ndarray:
