@@ -18,7 +18,9 @@ from jaxunlearn._src.ascent import gradient_ascent
 from jaxunlearn._src.ascent import gradient_difference
 from jaxunlearn._src.importance import fisher_diagonal
 from jaxunlearn._src.microbatch import microbatch_value_and_grad
+from jaxunlearn._src.base import path_mask
 from jaxunlearn._src.noise import GaussianNoiseState
+from jaxunlearn._src.noise import add_gaussian_noise
 from jaxunlearn._src.noise import gaussian_noise
 from jaxunlearn._src.noise import gaussian_sigma
 from jaxunlearn._src.reset import LayerResetState
@@ -37,6 +39,7 @@ __all__ = (
     "GradientDifferenceState",
     "LayerResetState",
     "SSDState",
+    "add_gaussian_noise",
     "data",
     "fisher_diagonal",
     "gaussian_noise",
@@ -49,6 +52,7 @@ __all__ = (
     "metrics",
     "microbatch_value_and_grad",
     "models",
+    "path_mask",
     "sisa",
     "prune_smallest",
     "recipes",

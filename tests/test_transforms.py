@@ -559,3 +559,32 @@ def test_ssd_in_a_chain_dampens_what_the_preceding_transforms_produced():
   # The states are optax's EmptyState, under the public names.
   assert ju.SSDState is optax.EmptyState and ju.GradientAscentState is optax.EmptyState
   assert isinstance(ju.gradient_difference().init(params), optax.EmptyState)
+
+
+def test_path_mask_matches_whole_segments_and_resets_only_those():
+  params = {"dropout": {"rate": jnp.ones(2)}, "out": {"kernel": jnp.ones(3)}, "output": {"kernel": jnp.ones(4)},
+            "blocks": [{"out": {"bias": jnp.ones(5)}}]}
+  fresh = jax.tree_util.tree_map(jnp.zeros_like, params)
+  got = ju.reset_params(params, fresh, ju.path_mask("out"))
+  reset = {k for k, v in [("dropout", got["dropout"]["rate"]), ("out", got["out"]["kernel"]),
+                          ("output", got["output"]["kernel"]), ("blocks/0/out", got["blocks"][0]["out"]["bias"])]
+           if float(v.sum()) == 0}
+  assert reset == {"out", "blocks/0/out"}
+  # A plain string matches anywhere: "out" also selects dropout and output (documented).
+  loose = ju.reset_params(params, fresh, "out")
+  assert float(loose["dropout"]["rate"].sum()) == 0 and float(loose["output"]["kernel"].sum()) == 0
+  assert ju.path_mask("blocks/0")("blocks/0/out/bias") and not ju.path_mask("blocks/0")("blocks/01/w")
+
+
+def test_add_gaussian_noise_is_the_transform_in_one_call():
+  params = {"w": jnp.ones((50, 40), jnp.bfloat16), "b": jnp.zeros(7)}
+  key = jax.random.key(11)
+  tx = ju.gaussian_noise(0.3, key=key)
+  sub = jax.random.split(key)[1]  # the transform splits its key before drawing
+  u, _ = tx.update(params, tx.init(params))
+  one = ju.add_gaussian_noise(params, 0.3, key=sub)
+  for a, b in zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(one)):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+  with pytest.raises(ValueError, match="sigma must be >= 0"):
+    ju.add_gaussian_noise(params, -1.0, key=key)

@@ -111,13 +111,32 @@ def check_positive(value: Any, *, name: str) -> None:
     raise ValueError(f"{name} must be > 0, got {value!r}.")
 
 
+def path_mask(pattern: str, *, whole_segments: bool = True) -> Callable[[str], bool]:
+  """A mask predicate matching the regular expression ``pattern`` against parameter paths.
+
+  With ``whole_segments`` (the default) the pattern must match one or more whole ``/``-separated
+  segments: ``path_mask("out")`` selects ``out/kernel`` and ``head/out/bias`` but not
+  ``dropout/rate`` or ``output/kernel``; ``path_mask("layers/[01]")`` selects the first two
+  layers. Without it, the pattern may match anywhere (what a plain string mask does).
+
+  Example:
+    >>> from jaxunlearn import path_mask
+    >>> select = path_mask("out")
+    >>> select("out/kernel"), select("dropout/rate"), select("blocks/out/bias")
+    (True, False, True)
+  """
+  compiled = re.compile(rf"(?:^|/)(?:{pattern})(?:/|$)" if whole_segments else pattern)
+  return lambda path: compiled.search(path) is not None
+
+
 def resolve_mask(mask: Mask, params: Params) -> Any:
   """Turns a mask (bool pytree, path predicate, or regex) into a pytree of Python bools.
 
   Args:
     mask: a pytree of bools with the structure of ``params``; or a callable taking the
       slash-joined parameter path (``"layers/0/kernel"``) and returning a bool; or a regular
-      expression string, matched with ``re.search`` against that path.
+      expression string, matched with ``re.search`` *anywhere* in that path (``"out"`` also
+      selects ``dropout/...``; use ``path_mask("out")`` to match whole path segments only).
     params: the parameter pytree the mask applies to.
 
   Returns:

@@ -98,6 +98,26 @@ class GaussianNoiseState(NamedTuple):
   key: PRNGKey
 
 
+def add_gaussian_noise(tree, sigma: float, *, key: PRNGKey):
+  r"""``tree`` plus independent :math:`\mathcal N(0, \sigma^2)` noise on every entry: the one-shot
+  form of ``gaussian_noise`` (noisy weights in one call: ``add_gaussian_noise(params, sigma,
+  key=k)``). Drawn in float32 with ``optax.tree.random_like`` (each leaf's sharding is kept),
+  added in float32; each leaf keeps its dtype.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxunlearn import add_gaussian_noise
+    >>> noisy = add_gaussian_noise({"w": jnp.ones(10000)}, 0.1, key=jax.random.key(0))
+    >>> bool(abs(float(jnp.std(noisy["w"])) - 0.1) < 0.005), bool(abs(float(jnp.mean(noisy["w"])) - 1) < 0.005)
+    (True, True)
+  """
+  if not isinstance(sigma, jax.core.Tracer) and not float(sigma) >= 0:
+    raise ValueError(f"sigma must be >= 0, got {sigma!r}.")
+  noise = optax.tree.random_like(key, tree, jax.random.normal, dtype=jnp.float32)
+  return jax.tree_util.tree_map(
+      lambda u, z: (u.astype(jnp.float32) + jnp.asarray(sigma, jnp.float32) * z).astype(u.dtype), tree, noise)
+
+
 def gaussian_noise(sigma: float, *, key: PRNGKey) -> optax.GradientTransformationExtraArgs:
   r"""Adds independent :math:`\mathcal N(0, \sigma^2)` noise to every update entry.
 
@@ -134,11 +154,7 @@ def gaussian_noise(sigma: float, *, key: PRNGKey) -> optax.GradientTransformatio
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     new_key, sub = jax.random.split(state.key)
-    noise = optax.tree.random_like(sub, updates, jax.random.normal, dtype=jnp.float32)
-    noisy = jax.tree_util.tree_map(
-        lambda u, z: (u.astype(jnp.float32) + jnp.asarray(sigma, jnp.float32) * z).astype(u.dtype), updates, noise
-    )
-    return noisy, GaussianNoiseState(key=new_key)
+    return add_gaussian_noise(updates, sigma, key=sub), GaussianNoiseState(key=new_key)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
