@@ -154,3 +154,12 @@ def test_recipes_carry_non_parameter_state(digits):
     p = optax.apply_updates(p, u)
   for a, b in zip(jax.tree.leaves((p3, s3)), jax.tree.leaves((p, s))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+
+
+def test_fit_reports_progress_per_epoch(digits):
+  train, _ = digits
+  apply, params = models.create("mlp", train.input_shape, 10, key=jax.random.key(0))
+  seen = []
+  out = training.fit(losses.cross_entropy_loss(apply), params, train.take(train.ids[:64]), optimizer=optax.sgd(0.1),
+                     epochs=3, batch_size=32, seed=0, progress=lambda e, n: seen.append((e, n)))
+  assert seen == [(1, 3), (2, 3), (3, 3)] and jax.tree.structure(out) == jax.tree.structure(params)

@@ -19,11 +19,15 @@ def demo_plot(report: dict, path: str) -> None:
   marked. Right: steady-state seconds per method (compile time stacked on top), retraining beside."""
   plt, fig, (ax, ax_t) = _figure(2, 11.0)
   rows = {"original": report["original"], "retrain": report["retrain"], **report["methods"]}
-  for name, row in rows.items():
+  markers = "o^vD<>ph"
+  colours = ["C0", "C1", "C2", "C4", "C5", "C6", "C7", "C8", "C9"]  # red is the retrained model's
+  for i, (name, row) in enumerate(rows.items()):
+    # Methods often land on the same spot (forget 0, retain ~1): a legend, not labels beside the
+    # points, keeps every name readable; colour and marker tell them apart.
     style = {"original": dict(marker="s", c="grey", s=70), "retrain": dict(marker="*", c="crimson", s=220)}.get(
-        name, dict(marker="o", s=60))
+        name, dict(marker=markers[(i - 2) % len(markers)], c=colours[(i - 2) % len(colours)], s=60, alpha=0.85))
     ax.scatter(row["forget_acc"], row["retain_acc"], label=name, zorder=3, **style)
-    ax.annotate(name, (row["forget_acc"], row["retain_acc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+  ax.legend(fontsize=8, loc="best")
   ax.axvline(report["retrain"]["forget_acc"], color="crimson", lw=0.8, ls="--")
   ax.axhline(report["retrain"]["retain_acc"], color="crimson", lw=0.8, ls="--")
   ax.set_xlabel("forget accuracy (retrained model: dashed)")
@@ -34,7 +38,8 @@ def demo_plot(report: dict, path: str) -> None:
   steady = np.array([rows[n]["seconds"] for n in names])
   compile_s = np.array([rows[n]["compile_seconds"] for n in names])
   y = np.arange(len(names))
-  ax_t.barh(y, steady, color=["crimson"] + ["C0"] * (len(names) - 1), label="steady state")
+  ax_t.barh(y[:1], steady[:1], color="crimson", label="retraining (steady state)")
+  ax_t.barh(y[1:], steady[1:], color="C0", label="method (steady state)")
   ax_t.barh(y, compile_s, left=steady, color="lightgrey", label="compile")
   ax_t.set_yticks(y, names)
   ax_t.invert_yaxis()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -52,6 +53,7 @@ def fit(
     seed: int,
     micro_batch: int | None = None,
     state: Any = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Params | tuple[Params, Any]:
   """Trains ``params`` by minimising ``loss_fn`` over ``epochs`` passes of ``ds``.
 
@@ -81,6 +83,9 @@ def fit(
       model's non-``Param`` state from ``nnx.split(model, nnx.Param, ...)``); it is not
       differentiated, and each step's new state feeds the next step.
 
+    progress: called as ``progress(epoch, epochs)`` after each epoch (it blocks on that epoch's
+      result, so a progress bar shows real progress).
+
   Returns:
     The trained parameters; with ``state``, ``(params, state)``.
 
@@ -107,6 +112,9 @@ def fit(
         params, opt_state, _ = step(params, opt_state, batch)
       else:
         params, opt_state, _, state = step(params, opt_state, batch, state)
+    if progress is not None:
+      jax.block_until_ready(params)
+      progress(epoch + 1, epochs)
   return params if state is None else (params, state)
 
 
