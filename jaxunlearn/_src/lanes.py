@@ -217,7 +217,7 @@ def unstack(tree: Params, lane: int) -> Params:
   return jax.tree.map(lambda a: a[lane], tree)
 
 
-def predict(apply_fn, params: Params, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
+def predict_stacked(apply_fn, params: Params, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
   """Logits ``[M, n, C]`` of every lane on ``x`` (float32 NumPy)."""
   fn = _vapply(apply_fn)
   out = []

@@ -73,7 +73,7 @@ def run(
   def evaluate(params):
     row = {}
     for name, ds in (("forget", forget_ds), ("retain", retain_ds), ("test", test)):
-      logits = lanes.predict(apply, params, ds.x)
+      logits = lanes.predict_stacked(apply, params, ds.x)
       row[f"{name}_acc"] = float(np.mean(np.argmax(logits, -1) == ds.y[None]))
       if name == "forget":
         confs = np.stack([neurips.logit_scaled_confidence(z, ds.y) for z in logits])

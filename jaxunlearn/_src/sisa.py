@@ -522,7 +522,7 @@ class SISA:
 
   def logits(self, x: np.ndarray) -> np.ndarray:
     """Every live shard model's logits on ``x``: ``[len(live_shards()), n, C]``."""
-    return lanes.predict(self.apply_fn, self.final_params(), np.asarray(x))
+    return lanes.predict_stacked(self.apply_fn, self.final_params(), np.asarray(x))
 
   def status(self) -> dict:
     """Plan sizes, forgotten count, live shards, requests, the last request's cost, and what on
