@@ -18,13 +18,7 @@ Directory layout::
   D/.switch          held exclusively while the manifest is switched and old checkpoints are
                      swept, shared by readers: a reader never sees a checkpoint vanish
 
-Commit protocol of ``forget``: retrain into new content-addressed checkpoints (the old state stays
-live), switch the manifest (the commit), append the ledger record, sweep the checkpoints the
-manifest no longer references. A crash or an error after the commit leaves "committed; cleanup
-pending": the next command of any kind (status, digest, verify, forget, repair, reading the
-models) appends the missing ledger records and sweeps, and warns while unreferenced checkpoints
-(possibly holding forgotten ids) remain. Entries under ``ckpt/`` that jaxunlearn did not write are
-never touched (``status`` lists them).
+The commit protocols that use these files are described in ``sisa``.
 """
 
 from __future__ import annotations
