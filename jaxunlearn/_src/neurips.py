@@ -75,7 +75,7 @@ def _epsilon(pos: np.ndarray, neg: np.ndarray, delta: float) -> float:
   return float(np.clip(np.nanmax(kept), 0, EPSILON_CAP))
 
 
-def forget_quality(unlearned_confs, retrained_confs, *, delta: float = DELTA) -> tuple[float, np.ndarray]:
+def forget_quality(unlearned_confs: np.ndarray, retrained_confs: np.ndarray, *, delta: float = DELTA) -> tuple[float, np.ndarray]:
   r"""Forget quality of the NeurIPS 2023 Machine Unlearning Challenge, and epsilon per example.
 
   For each forget example, the N unlearned and N retrained models' logit-scaled confidences are
