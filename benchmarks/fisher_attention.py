@@ -25,7 +25,6 @@ import _common  # noqa: E402
 
 import jaxunlearn  # noqa: E402
 from jaxunlearn import data, losses, models  # noqa: E402
-from jaxunlearn._src import fastfisher  # noqa: E402
 
 BATCH = 64
 TOKENS, WIDTH = 8, 5
@@ -61,7 +60,7 @@ def main():
     loss = losses.cross_entropy_loss(apply)
     leaves = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     chunk = jax.tree.map(lambda a: a[:BATCH], full)
-    decomposed = fastfisher.decomposed_leaves(loss, params, chunk)
+    decomposed = jaxunlearn.fisher_fast_path_leaves(loss, params, chunk)
     jobs = {
         "batch-gradient pass": lambda: jax.block_until_ready(
             jaxunlearn.fisher_diagonal(loss, params, full, batch_size=BATCH, per_example=False)),

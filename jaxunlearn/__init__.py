@@ -16,6 +16,7 @@ from jaxunlearn._src.ascent import GradientAscentState
 from jaxunlearn._src.ascent import GradientDifferenceState
 from jaxunlearn._src.ascent import gradient_ascent
 from jaxunlearn._src.ascent import gradient_difference
+from jaxunlearn._src.fastfisher import decomposed_leaves as fisher_fast_path_leaves
 from jaxunlearn._src.importance import fisher_diagonal
 from jaxunlearn._src.microbatch import microbatch_value_and_grad
 from jaxunlearn._src.base import path_mask
@@ -42,6 +43,7 @@ __all__ = (
     "add_gaussian_noise",
     "data",
     "fisher_diagonal",
+    "fisher_fast_path_leaves",
     "gaussian_noise",
     "gaussian_sigma",
     "gradient_ascent",

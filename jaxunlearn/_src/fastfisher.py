@@ -393,6 +393,21 @@ def squared_grad_sum(loss_fn, params, chunk) -> Any:
 
 
 def decomposed_leaves(loss_fn, params, chunk) -> list[str]:
-  """Paths of the parameter leaves the fast path handles (the rest use ``vmap(grad)``)."""
+  """Paths of the parameter leaves whose per-example squared gradients ``fisher_diagonal``'s
+  default method forms from one backward pass; the others cost a ``vmap(grad)`` pass.
+
+  Args:
+    loss_fn: ``loss(params, batch) -> scalar`` as for ``fisher_diagonal``.
+    params: the parameter pytree.
+    chunk: a few examples (a pytree with a leading example axis) to trace the loss on.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxunlearn import fisher_fast_path_leaves
+    >>> loss = lambda p, b: jnp.mean((b["x"] @ p["w"] + p["b"][None] - b["y"]) ** 2)
+    >>> p = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    >>> fisher_fast_path_leaves(loss, p, {"x": jnp.ones((4, 3)), "y": jnp.zeros((4, 2))})
+    ['b', 'w']
+  """
   paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   return [paths[k] for k in sorted(_trace(loss_fn, params, chunk).found)]
