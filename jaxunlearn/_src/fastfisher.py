@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
-from jaxunlearn._src.base import path_str, vary, varying_axes
+from jaxunlearn._src.base import LossFn, Params, path_str, vary, varying_axes
 
 _INLINE = {"pjit", "jit", "closed_call", "core_call"}
 _ALIAS = {"broadcast_in_dim", "reshape"}
@@ -392,7 +392,7 @@ def squared_grad_sum(loss_fn, params, chunk) -> Any:
   return jax.tree_util.tree_unflatten(p_def, [o.reshape(jnp.shape(p)) for o, p in zip(out, flat_p)])
 
 
-def decomposed_leaves(loss_fn, params, chunk) -> list[str]:
+def decomposed_leaves(loss_fn: LossFn, params: Params, chunk: Any) -> list[str]:
   """Paths of the parameter leaves whose per-example squared gradients ``fisher_diagonal``'s
   default method forms from one backward pass; the others cost a ``vmap(grad)`` pass.
 
@@ -404,7 +404,7 @@ def decomposed_leaves(loss_fn, params, chunk) -> list[str]:
   Example:
     >>> import jax.numpy as jnp
     >>> from jaxunlearn import fisher_fast_path_leaves
-    >>> loss = lambda p, b: jnp.mean((b["x"] @ p["w"] + p["b"][None] - b["y"]) ** 2)
+    >>> loss = lambda p, b: jnp.mean((b["x"] @ p["w"] + jnp.expand_dims(p["b"], 0) - b["y"]) ** 2)
     >>> p = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
     >>> fisher_fast_path_leaves(loss, p, {"x": jnp.ones((4, 3)), "y": jnp.zeros((4, 2))})
     ['b', 'w']
