@@ -317,3 +317,16 @@ def test_results_are_typed_with_the_same_fields_on_a_noop(job_maker, fresh):
   assert json.loads(json.dumps(done.as_dict()))["ids"] == ids
   result = job.verify()
   assert isinstance(result, sisa.VerifyResult) and result.ok and result["shards"] == {"1": True}
+
+
+def test_a_read_only_copy_can_be_read_without_lock_files(job_maker, fresh, monkeypatch, digits):
+  job_maker.open(fresh).forget(job_maker.ids_in(0, 0))
+  for name in (".lock", ".switch"):
+    if os.path.exists(os.path.join(fresh, name)):
+      os.remove(os.path.join(fresh, name))
+  real_access = os.access
+  # Root bypasses permissions here, so read-only is simulated where the library asks.
+  monkeypatch.setattr(os, "access", lambda p, mode, **k: False if mode == os.W_OK else real_access(p, mode, **k))
+  job = job_maker.open(fresh)
+  assert job.logits(digits[1].x[:3]).shape == (3, 3, 10) and len(job.digests()) == 3 and job.status()
+  assert not os.path.exists(os.path.join(fresh, ".lock")) and not os.path.exists(os.path.join(fresh, ".switch"))

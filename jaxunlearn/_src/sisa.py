@@ -246,6 +246,11 @@ class SISA:
     if locked:
       self._cleanup_or_warn(manifest)
       return
+    if not os.access(self.directory, os.W_OK):  # a read-only copy: say what is pending, change nothing
+      warnings.warn(f"{self.directory} is read-only and a committed request's cleanup is pending there (ledger "
+                    "records to append or checkpoints that may hold forgotten ids to delete): run any command "
+                    "on the writable original.", SisaWarning, stacklevel=3)
+      return
     try:
       with self.store.locked(wait=0), self.store.switch(shared=False):
         self._cleanup_or_warn(self.store.read_manifest())

@@ -262,7 +262,16 @@ class Store:
   def switch(self, shared: bool):
     """Shared by readers while they read the manifest and its checkpoints; exclusive while a writer
     switches the manifest and sweeps, so that a reader never meets a checkpoint being deleted."""
-    with self.lock_file(".switch", "a+") as f:
+    if shared and not os.access(self.directory, os.W_OK):
+      # A read-only copy (a mounted archive): nobody can switch or sweep it, so readers need no
+      # lock; share the existing lock file if there is one.
+      if not os.path.isfile(self.path(".switch")):
+        yield
+        return
+      mode = "r"
+    else:
+      mode = "a+"
+    with self.lock_file(".switch", mode) as f:
       fcntl.flock(f.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
       try:
         yield
