@@ -34,86 +34,16 @@ a penalty term) falls back to ``vmap(grad)`` restricted to those leaves, which c
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core as jex_core
 
 from jaxunlearn._src.base import LossFn, Params, path_str, vary, varying_axes
+from jaxunlearn._src.jaxpr_eval import Eqn, evaluate, flatten
 
-_INLINE = {"pjit", "jit", "closed_call", "core_call"}
 _ALIAS = {"broadcast_in_dim", "reshape"}
-
-
-class _Eqn(NamedTuple):
-  primitive: Any
-  ins: tuple  # int tokens or ("lit", value)
-  outs: tuple
-  params: dict
-  in_avals: tuple
-  out_avals: tuple
-
-
-def _flatten(closed) -> tuple[list[_Eqn], list[int], list[tuple[int, Any]], list[int]]:
-  """Flat equations with integer tokens, nested jit calls inlined.
-
-  Returns (eqns, invar tokens, [(const token, value)], outvar tokens).
-  """
-  counter = itertools.count()
-  eqns: list[_Eqn] = []
-
-  def atom(env, a):
-    if isinstance(a, jex_core.Literal):
-      return ("lit", a.val)
-    return env[a]
-
-  def walk(jaxpr, env):
-    for e in jaxpr.eqns:
-      ins = tuple(atom(env, a) for a in e.invars)
-      if e.primitive.name in _INLINE and "jaxpr" in e.params:
-        inner = e.params["jaxpr"]
-        inner_jaxpr = inner.jaxpr if hasattr(inner, "jaxpr") else inner
-        inner_env = {}
-        consts = getattr(inner, "consts", ())
-        for v, c in zip(inner_jaxpr.constvars, consts):
-          tok = next(counter)
-          const_tokens.append((tok, c))
-          inner_env[v] = tok
-        for v, t in zip(inner_jaxpr.invars, ins):
-          if isinstance(t, tuple):  # a literal passed into the call: bind it as a constant
-            tok = next(counter)
-            const_tokens.append((tok, t[1]))
-            t = tok
-          inner_env[v] = t
-        walk(inner_jaxpr, inner_env)
-        for v, a in zip(e.outvars, inner_jaxpr.outvars):
-          env[v] = atom(inner_env, a)
-        continue
-      outs = []
-      for v in e.outvars:
-        tok = next(counter)
-        env[v] = tok
-        outs.append(tok)
-      eqns.append(_Eqn(e.primitive, ins, tuple(outs), dict(e.params),
-                       tuple(getattr(a, "aval", None) for a in e.invars), tuple(v.aval for v in e.outvars)))
-
-  const_tokens: list[tuple[int, Any]] = []
-  env = {}
-  for v, c in zip(closed.jaxpr.constvars, closed.consts):
-    tok = next(counter)
-    env[v] = tok
-    const_tokens.append((tok, c))
-  in_tokens = []
-  for v in closed.jaxpr.invars:
-    tok = next(counter)
-    env[v] = tok
-    in_tokens.append(tok)
-  walk(closed.jaxpr, env)
-  out_tokens = [atom(env, a) for a in closed.jaxpr.outvars]
-  return eqns, in_tokens, const_tokens, out_tokens
 
 
 class _Site(NamedTuple):
@@ -144,7 +74,7 @@ def _strip_ones(shape) -> tuple[int, ...]:
   return shape
 
 
-def _follow(eqns: list[_Eqn], i: int, pos: int, uses, aliases) -> tuple[_Eqn, int, int, list[_Eqn]]:
+def _follow(eqns: list[Eqn], i: int, pos: int, uses, aliases) -> tuple[Eqn, int, int, list[Eqn]]:
   """Follows single-use alias equations (and same-dtype converts) from use ``(i, pos)``.
 
   Returns the first other equation, its index, the operand position there, and the aliases passed.
@@ -161,7 +91,7 @@ def _follow(eqns: list[_Eqn], i: int, pos: int, uses, aliases) -> tuple[_Eqn, in
   return e, i, pos, chain
 
 
-def _keeps_trailing(chain: list[_Eqn]) -> bool:
+def _keeps_trailing(chain: list[Eqn]) -> bool:
   """Whether every alias step keeps the array's elements, in order, on the trailing axes: reshapes
   that only add or drop leading 1s, broadcasts that align the operand to the right."""
   for e in chain:
@@ -179,7 +109,7 @@ def _keeps_trailing(chain: list[_Eqn]) -> bool:
   return True
 
 
-def _analyse(eqns: list[_Eqn], param_tokens: list[int], batch: int):
+def _analyse(eqns: list[Eqn], param_tokens: list[int], batch: int):
   """Finds decomposable leaves: ``{leaf index: _Site}``.
 
   Kinds: ``"dense"`` (a kernel applied to one row per example), ``"rows"`` (a kernel applied to
@@ -243,7 +173,7 @@ def _confirm_example_axis(total, flat_p, flat_c, eqns, found):
   # One more example, as arrays rather than shapes so that they keep every attribute of the type
   # (inside shard_map, the axes they vary over); only their shapes are traced, nothing is computed.
   bigger = [jnp.concatenate([c, c[:1]]) for c in flat_c]
-  eqns2 = _flatten(jax.make_jaxpr(total)(flat_p, bigger))[0]
+  eqns2 = flatten(jax.make_jaxpr(total)(flat_p, bigger))[0]
   if len(eqns2) != len(eqns):
     return {}
   def same_or_grown(x, y):
@@ -260,25 +190,6 @@ def _confirm_example_axis(total, flat_p, flat_c, eqns, found):
         and out_b[0] == out_a[0] + 1 and tuple(out_b[1:]) == tuple(out_a[1:])):
       kept[k] = site
   return kept
-
-
-def _evaluate(eqns, in_tokens, const_tokens, out_tokens, args, perturb: dict[int, Any], record: dict[int, int]):
-  """Runs the flat program, adding ``perturb[i]`` to equation i's output and keeping operand
-  ``record[i]`` of equation i."""
-  env = dict(const_tokens)
-  env.update(zip(in_tokens, args))
-  recorded = {}
-  read = lambda t: t[1] if isinstance(t, tuple) else env[t]  # noqa: E731
-  for i, e in enumerate(eqns):
-    vals = [read(t) for t in e.ins]
-    if i in record:
-      recorded[i] = vals[record[i]]
-    out = e.primitive.bind(*vals, **e.primitive.get_bind_params(e.params))
-    out = out if e.primitive.multiple_results else [out]
-    if i in perturb:
-      out = [out[0] + perturb[i]]
-    env.update(zip(e.outs, out))
-  return [read(t) for t in out_tokens], recorded
 
 
 _ROWS_LIMIT = 1 << 24  # per-example kernel gradients held at once (floats), off CPU
@@ -336,7 +247,7 @@ def _trace(loss_fn, params, chunk) -> _Traced:
     per = jax.vmap(example_loss, in_axes=(None, 0))(p_leaves, jax.tree_util.tree_unflatten(c_def, c_leaves))
     return jnp.sum(per)
 
-  program = _flatten(jax.make_jaxpr(total)(flat_p, flat_c))
+  program = flatten(jax.make_jaxpr(total)(flat_p, flat_c))
   eqns, in_tokens = program[0], program[1]
   found = _analyse(eqns, in_tokens[:len(flat_p)], int(jnp.shape(flat_c[0])[0]))
   found = _confirm_example_axis(total, flat_p, flat_c, eqns, found)
@@ -361,7 +272,7 @@ def squared_grad_sum(loss_fn, params, chunk) -> Any:
     record = {site.eqn: site.recorded for site in found.values() if site.recorded is not None}
 
     def perturbed(eps):
-      (loss,), acts = _evaluate(eqns, in_tokens, const_tokens, out_tokens, flat_p + flat_c, eps, record)
+      (loss,), acts = evaluate(eqns, in_tokens, const_tokens, out_tokens, flat_p + flat_c, eps, record)
       return loss, acts
 
     deltas, acts = jax.grad(perturbed, has_aux=True)(sites)
