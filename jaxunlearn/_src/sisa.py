@@ -115,6 +115,7 @@ class SISA:
     self._data_dir = data_dir
     self._table = None
     self._template = None
+    self._plan_arrays = None
 
   @property
   def strategy(self) -> str:
@@ -135,7 +136,11 @@ class SISA:
     return plan_lib.stage_key(self._fingerprint, shard, stage, ids)
 
   def _plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return self.store.read_plan(self._stored["plan"])
+    # Read (and checked against config.json's sha256) once per object: the plan never changes
+    # after training, and every operation consults it, some several times.
+    if self._plan_arrays is None:
+      self._plan_arrays = self.store.read_plan(self._stored["plan"])
+    return self._plan_arrays
 
   def _restore_state(self, shard: int, name: str, expected: str | None):
     return self.store.restore(shard, name, expected, self._state_template())
@@ -288,9 +293,10 @@ class SISA:
     from the start (recorded as forgotten): the reference that ``forget`` must reproduce. An
     interrupted ``train`` resumes: checkpoints already written (same content) are reused.
 
-    Returns a :class:`TrainResult` (steps, seconds, digests, cleanup_pending). Refuses a directory that already holds a
-    trained ensemble (``forget`` changes one; delete the directory to start over), and one with a
-    ledger of deletions (``repair`` rebuilds such a directory and keeps every deletion).
+    Returns a :class:`TrainResult` (steps, seconds, digests, cleanup_pending). Refuses a
+    directory that already holds a trained ensemble (``forget`` changes one; delete the directory
+    to start over), and one with a ledger of deletions (``repair`` rebuilds such a directory and
+    keeps every deletion).
     """
     c = self.config
     if exclude_ids is not None:
@@ -312,6 +318,7 @@ class SISA:
                          "use a new directory.")
       shard, slice_ = plan(self.data.ids, shards=c.shards, slices=c.slices, seed=c.seed)
       plan_digest = self.store.write_plan(self.data.ids, shard, slice_)
+      self._plan_arrays = None
       store_lib.fault("train:plan")
       resolved = c.resolve_strategy()
       config = store_lib.seal({
@@ -537,10 +544,10 @@ class SISA:
       alive = ~np.isin(ids, np.asarray(manifest["forgotten"], np.int64))
       sizes = [[int(np.sum(alive & (shard == k) & (slice_ == r))) for r in range(self.config.slices)]
                for k in range(self.config.shards)]
-      owned, strays = self.store.owned_entries()
+      strays = self.store.owned_entries()[1]
       return {
           "config": dataclasses.asdict(self.config), "strategy": self.strategy, "examples": int(len(ids)),
-          "forgotten": len(manifest["forgotten"]), "sizes": sizes, "live_shards": self._live_shards(manifest),
+          "forgotten": len(manifest["forgotten"]), "sizes": sizes, "live_shards": [k for k, row in enumerate(sizes) if sum(row)],
           "train_steps": manifest["train_steps"], "train_seconds": manifest["train_seconds"],
           "requests": manifest["requests"], "repairs": manifest.get("repairs", []),
           "unreferenced": self.store.unreferenced(manifest), "not_ours": strays,
