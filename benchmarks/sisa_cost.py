@@ -80,7 +80,7 @@ def cost(dataset: str, *, shards: int, slices: int, requests: int, seed: int) ->
       "speedup_seconds": full["seconds"] / statistics.mean(seconds),
       "model_speedup": model_speedup,
       "ensemble_vote_acc": vote, "ensemble_softmax_acc": soft, "mean_shard_acc": shard_acc,
-      "single_model_acc": training.accuracy(apply, single, test),
+      "single_model_acc": training.dataset_accuracy(apply, single, test),
   }
 
 

@@ -34,8 +34,8 @@ def main(forget_class: int = 3, epochs: int = 20) -> dict:
 
   def report(name, p):
     accs = {
-        "forget": ju.training.accuracy(apply, p, forget),
-        "retain": ju.training.accuracy(apply, p, retain),
+        "forget": ju.training.dataset_accuracy(apply, p, forget),
+        "retain": ju.training.dataset_accuracy(apply, p, retain),
     }
     print(f"{name:>20}: forget acc {accs['forget']:.3f}  retain acc {accs['retain']:.3f}")
     return accs

@@ -165,3 +165,36 @@ def test_pmap_multilayer(per_example):
   out = fn(params, split)
   for dev in (0, 7):
     _close(jax.tree.map(lambda x: x[dev], out), want)
+
+
+def test_progress_counts_chunks_in_order_without_changing_the_result():
+  def loss(p, b):
+    return jnp.mean((b["x"] @ p["w"] - b["y"]) ** 2)
+
+  x = np.random.default_rng(1).normal(size=(64, 3)).astype(np.float32)
+  data, params = {"x": x, "y": x.sum(1)}, {"w": jnp.ones(3)}
+  plain = ju.fisher_diagonal(loss, params, data, batch_size=10)["w"]
+  seen = []
+
+  def record(done, total):
+    seen.append((done, total))
+
+  # 6 full chunks and a remainder of 4: the remainder is reported last.
+  with_progress = ju.fisher_diagonal(loss, params, data, batch_size=10, progress=record)["w"]
+  assert seen == [(i, 7) for i in range(1, 8)]
+  np.testing.assert_array_equal(np.asarray(with_progress), np.asarray(plain))
+  # Explicitly sharded data: the first of 8 devices reports its own 2 chunks of 4 examples.
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Explicit,))
+  sharded = jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, P("data"))), data)
+  seen.clear()
+  out = ju.fisher_diagonal(loss, params, sharded, batch_size=4, progress=record)["w"]
+  assert seen == [(1, 2), (2, 2)]
+  np.testing.assert_allclose(np.asarray(out), np.asarray(plain), rtol=1e-5)
+  # pmap: one report stream, not eight.
+  seen.clear()
+  per_device = jax.tree.map(lambda a: a.reshape((8, 8) + a.shape[1:]), data)
+  out = jax.pmap(lambda p, d: ju.fisher_diagonal(loss, p, d, batch_size=4, axis_name="i", progress=record),
+                 axis_name="i", in_axes=(None, 0))(params, per_device)["w"]
+  jax.block_until_ready(out)
+  assert seen == [(1, 2), (2, 2)]
+  np.testing.assert_allclose(np.asarray(out[0]), np.asarray(plain), rtol=1e-5)

@@ -94,3 +94,14 @@ def test_recipes_take_datasets_or_dicts_and_match_the_pieces(digits):
     recipes.gradient_ascent(loss, params, forget=[1, 2], retain=None, seed=0)
   with pytest.raises(ValueError, match="gradient_difference needs retain="):
     recipes.gradient_difference(loss, params, forget=forget, retain=None, seed=0)
+
+
+def test_demo_and_score_report_progress_per_stage(toy):
+  from jaxunlearn._src import demo, score
+
+  seen = []
+  demo.run(methods=["shrink"], epochs=1, progress=lambda *a: seen.append(a))
+  assert seen == [("original", 1, 3), ("retrained", 2, 3), ("shrink", 3, 3)]
+  seen.clear()
+  score.run(methods=["shrink"], n_models=4, epochs=1, progress=lambda *a: seen.append(a))
+  assert seen == [("originals", 1, 3), ("retrained", 2, 3), ("shrink", 3, 3)]

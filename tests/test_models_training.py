@@ -50,10 +50,10 @@ def test_fit_learns_digits_and_is_deterministic(digits):
   b = training.fit(loss, params, train, optimizer=opt, epochs=8, batch_size=128, seed=0)
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(x, y)
-  assert training.accuracy(apply, a, test) > 0.93
+  assert training.dataset_accuracy(apply, a, test) > 0.93
   # accuracy agrees with an explicit NumPy count.
   logits = np.asarray(apply(a, jnp.asarray(test.x)))
-  assert training.accuracy(apply, a, test) == pytest.approx(np.mean(logits.argmax(1) == test.y))
+  assert training.dataset_accuracy(apply, a, test) == pytest.approx(np.mean(logits.argmax(1) == test.y))
 
 
 def test_fit_padded_batch_equals_unpadded_gradient(digits):
@@ -163,3 +163,12 @@ def test_fit_reports_progress_per_epoch(digits):
   out = training.fit(losses.cross_entropy_loss(apply), params, train.take(train.ids[:64]), optimizer=optax.sgd(0.1),
                      epochs=3, batch_size=32, seed=0, progress=lambda e, n: seen.append((e, n)))
   assert seen == [(1, 3), (2, 3), (3, 3)] and jax.tree.structure(out) == jax.tree.structure(params)
+
+
+def test_training_accuracy_is_a_deprecated_alias():
+  train, test = data.load("digits")
+  apply, params = models.create("mlp", train.input_shape, 10, key=jax.random.key(0))
+  with pytest.warns(DeprecationWarning, match="dataset_accuracy"):
+    old = training.accuracy(apply, params, test)
+  logits = training.predict(apply, params, test.x)
+  assert old == training.dataset_accuracy(apply, params, test) == pytest.approx(np.mean(logits.argmax(1) == test.y))

@@ -66,7 +66,7 @@ def test_relearn_steps_counts_like_an_explicit_loop(class_three):
   # Reference: take the same steps by hand, checking accuracy before each one.
   p, state, steps = params, opt.init(params), 0
   batches = [b for e in range(40) for b in data.batches(forget, 16, seed=2, epoch=e)]
-  while training.accuracy(apply, p, forget) < target:
+  while training.dataset_accuracy(apply, p, forget) < target:
     g = jax.grad(loss)(p, batches[steps])
     updates, state = opt.update(g, state, p)
     p = optax.apply_updates(p, updates)

@@ -53,9 +53,16 @@ def run(
     batch_size: int = 128,
     data_dir: str | None = None,
     log: Callable[[str], None] = lambda _: None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
-  """Runs the demo and returns a JSON-ready report (see ``jaxunlearn demo --json``)."""
+  """Runs the demo and returns a JSON-ready report (see ``jaxunlearn demo --json``).
+
+  ``log(message)`` says what starts; ``progress(stage, done, total)`` counts the stages (the two
+  trainings and one per method) as they end.
+  """
   methods = methods_lib.names() if methods is None else methods
+  stages = 2 + len(methods)
+  tick = (lambda stage, done: None) if progress is None else (lambda stage, done: progress(stage, done, stages))
   train, test, forget_ds, retain_ds, apply, init_params, init, loss = prepare(
       dataset=dataset, forget=forget, model=model, seed=seed, data_dir=data_dir
   )
@@ -95,8 +102,10 @@ def run(
   )
   log(f"training the original model on {len(train)} examples ({epochs} epochs)")
   original, original_first, original_steady = _timed(lambda: fit(train))
+  tick("original", 1)
   log(f"retraining without the {len(forget_ds)} forget examples (the gold standard)")
   retrained, first, steady = _timed(lambda: fit(retain_ds))
+  tick("retrained", 2)
   report = {
       "dataset": dataset,
       "model": model,
@@ -119,7 +128,7 @@ def run(
   report["retrain"]["relearn_steps"] = relearn(retrained)
   report["original"]["relearn_steps"] = relearn(original)
   context = {"init_fn": init}
-  for name in methods:
+  for done, name in enumerate(methods, start=3):
     method = methods_lib.get(name)
     description = method.describe()
     log(f"{name}: {description}")
@@ -130,6 +139,7 @@ def run(
     row["description"] = description
     row["relearn_steps"] = relearn(params)
     report["methods"][name] = row
+    tick(name, done)
   report["test_size"] = int(len(test))
   report["retain_size"] = int(len(retain_ds))
   report["train_size"] = int(len(train))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -57,10 +58,12 @@ def _replicated(x: jax.Array) -> jax.Array:
   return x
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "batch_size", "per_example", "axis_name", "unroll", "method", "micro_batch"))
-def _fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, unroll, method="decompose", micro_batch=None):
+@functools.partial(jax.jit, static_argnames=("loss_fn", "batch_size", "per_example", "axis_name", "unroll", "method", "micro_batch",
+                                             "progress"))
+def _fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, unroll, method="decompose", micro_batch=None,
+            progress=None):
   local = functools.partial(_local_fisher, loss_fn, batch_size=batch_size, per_example=per_example, unroll=unroll,
-                            method=method, micro_batch=micro_batch)
+                            method=method, micro_batch=micro_batch, progress=progress)
   explicit = _explicit_example_axes(data) if axis_name is None else None
   if explicit is not None:
     # The example axis is sharded over explicit mesh axes: every device sums its own examples
@@ -80,11 +83,33 @@ def _fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, unroll
   return local(params, data, axis_name=None if axis_name is None else _axes(axis_name))
 
 
-def _local_fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, unroll, method, micro_batch):
+def _reporter(progress, axis_name):
+  """``report(done, total)`` inside the compiled pass: a host callback, from the first device only
+  when the pass runs per device."""
+  if progress is None:
+    return lambda done, total, after: None
+
+  def host(done, total, _after):
+    progress(int(done), int(total))
+
+  def report(done, total, after):
+    # ``after`` (a value of the accumulator) orders the call after the work it reports: callbacks
+    # are unordered effects (ordered ones are refused on several devices).
+    after = jax.tree_util.tree_leaves(after)[0].reshape(-1)[0]
+    if axis_name is None:
+      jax.debug.callback(host, done, total, after)
+    else:
+      jax.lax.cond(jax.lax.axis_index(axis_name) == 0, lambda: jax.debug.callback(host, done, total, after),
+                   lambda: None)
+  return report
+
+
+def _local_fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, unroll, method, micro_batch, progress):
   if axis_name is not None:
     params = jax.tree_util.tree_map(lambda p: vary(p, axis_name), params)
   n = example_count(data, name="data")
   n_full, rem = divmod(n, batch_size)
+  report = _reporter(progress, axis_name)
 
   if per_example and method == "decompose":
     def chunk_stat(acc, chunk):
@@ -123,9 +148,18 @@ def _local_fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, 
       chunks = jax.tree_util.tree_map(
           lambda x: _replicated(x.reshape((n_full, batch_size) + x.shape[1:])), head
       )
-    acc, _ = jax.lax.scan(lambda a, c: (chunk_stat(a, c), None), acc, chunks, unroll=unroll)
+    total = n_full + (1 if rem else 0)
+
+    def body(a, indexed):
+      i, c = indexed
+      a = chunk_stat(a, c)
+      report(i + 1, total, a)
+      return a, None
+
+    acc, _ = jax.lax.scan(body, acc, (jnp.arange(n_full), chunks), unroll=unroll)
   if rem:
     acc = chunk_stat(acc, jax.tree_util.tree_map(lambda x: x[n_full * batch_size:], data))
+    report(n_full + 1, n_full + 1, acc)
 
   count = jnp.float32(n if per_example else n_full + (1 if rem else 0))
   if axis_name is not None:
@@ -145,6 +179,7 @@ def fisher_diagonal(
     unroll: int | bool = 1,
     method: str = "decompose",
     micro_batch: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Params:
   r"""Diagonal of the empirical Fisher information of ``loss_fn`` over ``data``.
 
@@ -196,6 +231,10 @@ def fisher_diagonal(
       micro-batches of this many examples (``microbatch_value_and_grad``; same minibatches, same
       result up to rounding, less memory, and faster for convolutional networks on CPU). With
       ``per_example=True`` lower ``batch_size`` instead.
+    progress: ``progress(done, total)``, called from the host as chunks of ``batch_size``
+      examples finish (``jax.debug.callback`` inside the compiled loop: the numbers are unchanged).
+      Under ``pmap``/``shard_map`` (and with explicitly sharded data) the first device reports
+      its own chunks. Must be hashable (a function is).
 
   Returns:
     A pytree shaped like ``params``: the diagonal Fisher, non-negative.
@@ -236,6 +275,7 @@ def fisher_diagonal(
       unroll=unroll,
       method=method,
       micro_batch=micro_batch,
+      progress=progress,
   )
   # A NaN loss or gradient (an out-of-range label, a non-finite input) must not pass for a Fisher.
   check_finite(out, name="the Fisher diagonal", hint="the loss or its gradient is NaN/inf on some example: "

@@ -65,7 +65,7 @@ def relearn_steps(
       data_lib.batches(forget, batch_size, seed=seed, epoch=e) for e in itertools.count()
   )
   for t in range(max_steps + 1):
-    if training.accuracy(apply_fn, params, forget) >= target_accuracy:
+    if training.dataset_accuracy(apply_fn, params, forget) >= target_accuracy:
       return t
     if t == max_steps:
       return None

@@ -3,11 +3,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def progress_bar(console, description: str):
+  """A transient rich progress bar; yields ``update(stage, done, total)``."""
+  from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+  with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=console, transient=True) as progress:
+    task = progress.add_task(description, total=None)
+
+    def update(stage: str, done: int, total: int) -> None:
+      progress.update(task, description=f"{description} ({stage})", completed=done, total=total)
+
+    yield update
 
 
 def run_methods(args) -> int:
@@ -37,16 +53,18 @@ def run_demo(args) -> int:
       f"[bold]jaxunlearn demo[/bold]: dataset={args.dataset} model={args.model} forget={args.forget} seed={args.seed}"
   )
   start = time.perf_counter()
-  report = demo.run(
-      dataset=args.dataset,
-      forget=args.forget,
-      methods=methods,
-      model=args.model,
-      seed=args.seed,
-      epochs=args.epochs,
-      data_dir=args.data_dir,
-      log=lambda msg: console.print(f"  {msg}", style="dim"),
-  )
+  with progress_bar(console, "demo") as bar:
+    report = demo.run(
+        dataset=args.dataset,
+        forget=args.forget,
+        methods=methods,
+        model=args.model,
+        seed=args.seed,
+        epochs=args.epochs,
+        data_dir=args.data_dir,
+        log=lambda msg: console.print(f"  {msg}", style="dim"),
+        progress=bar,
+    )
   table = Table(title=f"Unlearning on {args.dataset}: forget {args.forget} ({report['forget_size']} examples)")
   by_class = report["original"].get("test_forgotten_classes_acc") is not None
   for col in ("method", "forget acc", "retain acc", "test acc") + (("test acc, forgotten classes",) if by_class else ()) + (
@@ -108,11 +126,12 @@ def run_score(args) -> int:
       f"models={args.models} seed={args.seed}"
   )
   start = time.perf_counter()
-  report = score.run(
-      dataset=args.dataset, forget=args.forget, methods=methods, n_models=args.models, model=args.model,
-      seed=args.seed, epochs=args.epochs, strategy=args.strategy, data_dir=args.data_dir,
-      log=lambda msg: console.print(f"  {msg}", style="dim"),
-  )
+  with progress_bar(console, "score") as bar:
+    report = score.run(
+        dataset=args.dataset, forget=args.forget, methods=methods, n_models=args.models, model=args.model,
+        seed=args.seed, epochs=args.epochs, strategy=args.strategy, data_dir=args.data_dir,
+        log=lambda msg: console.print(f"  {msg}", style="dim"), progress=bar,
+    )
   table = Table(title=f"NeurIPS 2023 score, {args.models} models per method: forget {args.forget} "
                       f"({report['forget_size']} examples)")
   for col in ("method", "score", "forget quality", "median eps", "forget acc", "retain acc", "test acc", "seconds (N models, with compile)"):

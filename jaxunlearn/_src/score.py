@@ -34,6 +34,7 @@ def run(
     strategy: str = "vmap",
     data_dir: str | None = None,
     log: Callable[[str], None] = lambda _: None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
   """Trains N originals and N retrained models, unlearns with each method, returns the report.
 
@@ -41,8 +42,12 @@ def run(
   ``forget_quality``, ``score`` (``neurips.neurips_score``), mean ``forget_acc``/``retain_acc``/
   ``test_acc`` over the N models, ``epsilon`` (per forget example) and ``seconds`` (all N models).
   ``original`` is scored too: the models before unlearning, what doing nothing earns.
+  ``log(message)`` says what starts; ``progress(stage, done, total)`` counts the stages (the two
+  trainings of N models and one per method) as they end.
   """
   methods = methods_lib.names() if methods is None else methods
+  stages = 2 + len(methods)
+  tick = (lambda stage, done: None) if progress is None else (lambda stage, done: progress(stage, done, stages))
   missing = [m for m in methods if methods_lib.get(m).unlearn_many is None]
   if missing:
     raise ValueError(f"method(s) {missing} have no N-models version; score runs "
@@ -67,8 +72,10 @@ def run(
 
   log(f"training {n_models} original models on {len(train)} examples ({strategy})")
   original, original_s = train_many(train, 0)
+  tick("originals", 1)
   log(f"training {n_models} retrained models without the {len(forget_ds)} forget examples")
   retrained, retrain_s = train_many(retain_ds, 1)
+  tick("retrained", 2)
 
   def evaluate(params):
     row = {}
@@ -101,12 +108,13 @@ def run(
 
   report["original"] = scored(original, original_s)
   stacked = Stacked(loss, init, original, train, forget_ds, retain_ds, seeds, strategy, jax.random.fold_in(key, 7))
-  for name in methods:
+  for done, name in enumerate(methods, start=3):
     method = methods_lib.get(name)
     log(f"{name}: {method.describe()} (x{n_models})")
     t0 = time.perf_counter()
     params = jax.block_until_ready(method.many(stacked))
     report["methods"][name] = scored(params, time.perf_counter() - t0)
+    tick(name, done)
   return report
 
 

@@ -11,7 +11,9 @@ hash rank of the ids), the batch order (``data.id_order`` salted by seed, shard,
 the initialisation (``fold_in(key(seed), shard)``). Checkpoints are content-addressed by the ids
 that went into them, so a prefix of stages untouched by a request is reused as is.
 
-The pure plan lives in ``sisa_plan``, the files and their protocols in ``sisa_store``.
+The pure plan lives in ``sisa_plan``; the files and their protocols in ``sisa_store`` (primitives in
+``sisa_files``); stage-by-stage training and ``verify`` in ``sisa_engine``; commit upkeep and the
+readers in ``sisa_upkeep``.
 
 Commit protocol of ``forget``: retrain into new content-addressed checkpoints (the old state stays
 live), switch the manifest (the commit), append the ledger record, sweep the checkpoints the
@@ -24,13 +26,11 @@ never touched (``status`` lists them).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,21 +39,20 @@ import numpy as np
 import optax
 
 from jaxunlearn._src import data as data_lib
-from jaxunlearn._src import lanes
 from jaxunlearn._src import sisa_plan as plan_lib
 from jaxunlearn._src import sisa_store as store_lib
 from jaxunlearn._src.base import ApplyFn, LossFn, Params
 from jaxunlearn._src.sisa_plan import SisaConfig, digest, plan
+from jaxunlearn._src.sisa_engine import Progress, StageEngine
 from jaxunlearn._src.sisa_results import ForgetResult, RepairResult, TrainResult, VerifyResult
+from jaxunlearn._src.sisa_upkeep import Upkeep
 from jaxunlearn._src.sisa_store import CheckpointError, LockTimeout, SisaWarning, read_config
-
-Progress = Callable[[str, int, int], None]
 
 __all__ = ("SISA", "CheckpointError", "ForgetResult", "LockTimeout", "RepairResult", "SisaConfig", "SisaWarning",
            "TrainResult", "VerifyResult", "aggregate", "digest", "plan", "read_config")
 
 
-class SISA:
+class SISA(StageEngine, Upkeep):
   """A SISA ensemble stored in a directory: train, forget ids exactly, predict, verify.
 
   Args:
@@ -113,8 +112,6 @@ class SISA:
     if stored is not None and stored["data"] != plan_lib.data_fingerprint(data):
       raise ValueError(f"the data differs from the data {self.directory} was trained on (fingerprint mismatch).")
     self._data_dir = data_dir
-    self._table = None
-    self._template = None
     self._plan_arrays = None
 
   @property
@@ -125,156 +122,12 @@ class SISA:
       return self._stored["resolved_strategy"]
     return self.config.resolve_strategy()
 
-  # -- training machinery -------------------------------------------------------------------------
-  def _state_template(self):
-    if self._template is None:
-      p = self.init_fn(jax.random.key(0))
-      self._template = {"params": p, "opt_state": self.optimizer.init(p)}
-    return self._template
-
-  def _stage_key(self, shard: int, stage: int, ids: np.ndarray) -> str:
-    return plan_lib.stage_key(self._fingerprint, shard, stage, ids)
-
   def _plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # Read (and checked against config.json's sha256) once per object: the plan never changes
     # after training, and every operation consults it, some several times.
     if self._plan_arrays is None:
       self._plan_arrays = self.store.read_plan(self._stored["plan"])
     return self._plan_arrays
-
-  def _restore_state(self, shard: int, name: str, expected: str | None):
-    return self.store.restore(shard, name, expected, self._state_template())
-
-  def _reusable_state(self, shard: int, name: str):
-    return self.store.reusable(shard, name, self._state_template())
-
-  def _stage_rows(self, shard: int, stage: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    c = self.config
-    positions = self.data.positions(ids)
-    seed = plan_lib.stage_seed(c.seed, shard, stage)
-    parts = [lanes.epoch_rows(positions, ids, batch_size=c.batch_size, seed=seed, epoch=e) for e in range(c.stage_epochs)]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-  def _run(self, starts: dict[int, int], forgotten: set[int], prior: dict, progress: Progress | None, save: bool,
-           report: bool = False):
-    """Trains the shards in ``starts`` from their start stage to the end, reusing any intact
-    checkpoint of the same content; returns ``(stages {shard: [(name, digest)] for the stages
-    run}, steps, final params {shard: tree})``, plus ``{shard: first stage trained}`` if ``report``."""
-    c = self.config
-    plan_ = self._plan()
-    template = self._state_template()
-    states = {}
-    for shard, start in starts.items():
-      if start == 0:
-        p = self.init_fn(jax.random.fold_in(jax.random.key(c.seed), shard))
-        states[shard] = {"params": p, "opt_state": self.optimizer.init(p)}
-      else:
-        name, dig = prior[shard][start - 1]
-        states[shard] = self._restore_state(shard, name, dig)
-    if self._table is None:
-      self._table = lanes.table(self.data)
-    stages: dict[int, list] = {k: [] for k in starts}
-    trained: dict[int, int] = {}
-    steps = 0
-    total = sum(c.slices - s for s in starts.values())
-    done = 0
-    for stage in range(min(starts.values(), default=c.slices), c.slices):
-      active = [k for k in starts if starts[k] <= stage]
-      stage_ids = {k: plan_lib.stage_ids(plan_, k, stage, forgotten) for k in active}
-      keys = {k: self._stage_key(k, stage, stage_ids[k]) for k in active}
-      todo = []
-      for k in active:
-        reused = self._reusable_state(k, keys[k]) if save else None
-        if reused is not None:
-          states[k] = reused[0]
-          stages[k].append((keys[k], reused[1]))
-        else:
-          todo.append(k)
-      if todo:
-        steps += self._train_stage(todo, stage, {k: stage_ids[k] for k in todo}, states, template)
-        for k in todo:
-          trained.setdefault(k, stage)
-          stages[k].append((keys[k], self.store.save(k, keys[k], states[k]) if save else digest(states[k])))
-          store_lib.fault("run:saved")
-      done += len(active)
-      if progress is not None:
-        progress(f"stage {stage + 1}/{c.slices}", done, total)
-    final = {k: states[k]["params"] for k in starts}
-    return (stages, steps, final, trained) if report else (stages, steps, final)
-
-  def _train_stage(self, shards: list[int], stage: int, stage_ids: dict, states: dict, template) -> int:
-    c = self.config
-    rows = {k: self._stage_rows(k, stage, stage_ids[k]) for k in shards}
-    if self.strategy == "vmap":
-      # All S lanes, always: a shard's result must come from the same program whatever else runs.
-      lane_states = [states.get(k, template) for k in range(c.shards)]
-      per_lane = [rows.get(k, (np.zeros((0, c.batch_size), np.int32), np.zeros((0, c.batch_size), np.float32)))
-                  for k in range(c.shards)]
-      schedule = lanes.stack_lanes(per_lane, c.batch_size)
-      stacked = lanes.stack(lane_states)
-      p, s = lanes.run(self.loss_fn, self.optimizer, stacked["params"], stacked["opt_state"], self._table,
-                       schedule, strategy="vmap")
-      for k in shards:
-        states[k] = jax.device_get({"params": lanes.unstack(p, k), "opt_state": lanes.unstack(s, k)})
-      return int(schedule.active.sum())
-    steps = 0
-    for k in shards:
-      schedule = lanes.stack_lanes([rows[k]], c.batch_size)
-      stacked = lanes.stack([states[k]])
-      p, s = lanes.run(self.loss_fn, self.optimizer, stacked["params"], stacked["opt_state"], self._table,
-                       schedule, strategy="sequential")
-      states[k] = jax.device_get({"params": lanes.unstack(p, 0), "opt_state": lanes.unstack(s, 0)})
-      steps += int(schedule.active.sum())
-    return steps
-
-  # -- ledger, sweep, housekeeping ---------------------------------------------------------------
-  def _finish(self, manifest: dict, what: str) -> str | None:
-    """Ledger and sweep after a commit; returns ``None``, or the "cleanup pending" message (also
-    warned) when they fail: the commit stands, and the next command finishes the job."""
-    try:
-      self.store.cleanup(manifest)
-      return None
-    except Exception as err:  # anything: the commit is done and must be reported as such
-      message = (f"{what} committed; cleanup pending: {type(err).__name__}: {err}. The next jaxunlearn command on "
-                 f"{self.directory} finishes it.")
-      warnings.warn(message, SisaWarning, stacklevel=3)
-      return message
-
-  def _housekeep(self, manifest: dict, *, locked: bool = False) -> None:
-    """Finishes what a crash or an error after a commit left: missing ledger records, unreferenced
-    checkpoints. ``locked``: the caller holds the writer and switch locks; otherwise they are taken
-    if free (a writer at work finishes its own, and what is unreferenced may be its new
-    checkpoints). Warns while checkpoints that may hold forgotten ids remain."""
-    logged = {store_lib.canonical(r) for r in self.store.read_ledger()}
-    if not (any(store_lib.canonical(r) not in logged for r in manifest["requests"]) or self.store.unreferenced(manifest)):
-      return
-    if locked:
-      self._cleanup_or_warn(manifest)
-      return
-    if not os.access(self.directory, os.W_OK):  # a read-only copy: say what is pending, change nothing
-      warnings.warn(f"{self.directory} is read-only and a committed request's cleanup is pending there (ledger "
-                    "records to append or checkpoints that may hold forgotten ids to delete): run any command "
-                    "on the writable original.", SisaWarning, stacklevel=3)
-      return
-    try:
-      with self.store.locked(wait=0), self.store.switch(shared=False):
-        self._cleanup_or_warn(self.store.read_manifest())
-    except LockTimeout:
-      pass  # a writer is at work; it sweeps at its commit
-
-  def _cleanup_or_warn(self, manifest: dict) -> None:
-    """Under the writer lock: cleanup, then a warning if unreferenced checkpoints remain."""
-    cause = ""
-    try:
-      self.store.cleanup(manifest)
-    except Exception as err:
-      cause = f" Cleanup failed: {type(err).__name__}: {err}."
-    left = self.store.unreferenced(manifest)
-    if left:
-      shown = ", ".join(os.path.relpath(p, self.directory) for p in left[:5]) + (" ..." if len(left) > 5 else "")
-      warnings.warn(f"{len(left)} checkpoint file(s) under {self.store.path('ckpt')} are not referenced by the manifest "
-                    f"and may hold forgotten ids: {shown}.{cause} Every command retries the cleanup.",
-                    SisaWarning, stacklevel=4)
 
   def _check_platform(self, what: str) -> None:
     stored = self._stored
@@ -485,116 +338,6 @@ class SISA:
       return RepairResult(len(forgotten), {str(k): v for k, v in sorted(retrained.items())},
                           c.shards * c.slices - sum(c.slices - v for v in retrained.values()), steps, seconds,
                           [manifest["final"][str(k)] for k in range(c.shards)], pending)
-
-  @contextlib.contextmanager
-  def _reading(self):
-    """The live manifest, with the switch lock held shared while the caller reads checkpoints.
-    (The manifest and the ledger are read under that lock too: a writer switches the one and
-    appends to the other while holding it exclusively.)"""
-    with self.store.switch(shared=True):
-      manifest = self.store.live_manifest()
-    self._housekeep(manifest)
-    with self.store.switch(shared=True):
-      yield self.store.live_manifest()
-
-  def live_shards(self) -> list[int]:
-    """The shards that still hold at least one training example (the others, every example of which
-    was forgotten, hold no model and are left out of ``final_params``, ``logits`` and votes)."""
-    with self._reading() as manifest:
-      return self._live_shards(manifest)
-
-  def _live_shards(self, manifest: dict) -> list[int]:
-    ids, shard, _ = self._plan()
-    alive = ~np.isin(ids, np.asarray(manifest["forgotten"], np.int64))
-    return [k for k in range(self.config.shards) if np.any(alive & (shard == k))]
-
-  def _final_states(self, manifest: dict, shards: Sequence[int]) -> dict:
-    return {k: self._restore_state(k, *manifest["stages"][str(k)][-1]) for k in shards}
-
-  def final_params(self) -> Params:
-    """The live shard models' final parameters, stacked on a leading axis, in ``live_shards()``
-    order (files and digests checked).
-
-    Raises:
-      ValueError: every training example has been forgotten: no model remains.
-    """
-    with self._reading() as manifest:
-      live = self._live_shards(manifest)
-      if not live:
-        raise ValueError(f"every training example of {self.directory} has been forgotten: no model remains.")
-      states = self._final_states(manifest, live)
-    return lanes.stack([states[k]["params"] for k in live])
-
-  def digests(self) -> list[str]:
-    """One sha256 per shard of its final parameters, read from the checkpoints on disk (each file's
-    sha256 and the state digest checked against the records, and against the manifest)."""
-    with self._reading() as manifest:
-      states = self._final_states(manifest, range(self.config.shards))
-    return [digest(states[k]["params"]) for k in range(self.config.shards)]
-
-  def logits(self, x: np.ndarray) -> np.ndarray:
-    """Every live shard model's logits on ``x``: ``[len(live_shards()), n, C]``."""
-    return lanes.predict_stacked(self.apply_fn, self.final_params(), np.asarray(x))
-
-  def status(self) -> dict:
-    """Plan sizes, forgotten count, live shards, requests, the last request's cost, and what on
-    disk needs attention (unreferenced checkpoints, entries jaxunlearn does not own)."""
-    with self._reading() as manifest:
-      ids, shard, slice_ = self._plan()
-      alive = ~np.isin(ids, np.asarray(manifest["forgotten"], np.int64))
-      sizes = [[int(np.sum(alive & (shard == k) & (slice_ == r))) for r in range(self.config.slices)]
-               for k in range(self.config.shards)]
-      strays = self.store.owned_entries()[1]
-      return {
-          "config": dataclasses.asdict(self.config), "strategy": self.strategy, "examples": int(len(ids)),
-          "forgotten": len(manifest["forgotten"]), "sizes": sizes, "live_shards": [k for k, row in enumerate(sizes) if sum(row)],
-          "train_steps": manifest["train_steps"], "train_seconds": manifest["train_seconds"],
-          "requests": manifest["requests"], "repairs": manifest.get("repairs", []),
-          "unreferenced": self.store.unreferenced(manifest), "not_ours": strays,
-      }
-
-  def verify(self, *, progress: Progress | None = None) -> VerifyResult:
-    """Checks the directory against the disk and against retraining.
-
-    1. Every live checkpoint (every shard, every stage) is restored: each file's sha256 and the
-       state digest must match the records and the manifest; final parameters must be finite.
-    2. Every shard that lost ids is retrained from scratch (a scratch run, nothing written) and
-       its digest compared with the checkpoint's.
-
-    Returns a :class:`VerifyResult` (shards {k: bool}, ok, problems).
-    """
-    self._check_platform("verify")
-    problems: list[str] = []
-    on_disk: dict[int, str] = {}
-    with self._reading() as manifest:
-      for k in range(self.config.shards):
-        for stage, (name, dig) in enumerate(manifest["stages"][str(k)]):
-          try:
-            state = self._restore_state(k, name, dig)
-          except CheckpointError as err:
-            problems.append(f"shard {k} stage {stage}: {err}")
-            continue
-          if stage == len(manifest["stages"][str(k)]) - 1:
-            on_disk[k] = digest(state["params"])
-            if on_disk[k] != manifest["final"][str(k)]:
-              problems.append(f"shard {k}: the final checkpoint's parameters differ from the manifest's digest.")
-            if not all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in jax.tree.leaves(state["params"])):
-              problems.append(f"shard {k}: the model has non-finite parameters (NaN or inf): training diverged.")
-      ids, shard, _ = self._plan()
-      forgotten = set(manifest["forgotten"])
-      live = set(self._live_shards(manifest))
-    affected = sorted({int(s) for i, s in zip(ids, shard) if int(i) in forgotten}) or list(range(self.config.shards))
-    _, _, final = self._run({k: 0 for k in affected}, forgotten, {}, progress, save=False)
-    result = {}
-    for k in affected:
-      fresh = digest(final[k])
-      result[str(k)] = fresh == manifest["final"][str(k)] and on_disk.get(k) == fresh
-      if not result[str(k)] and k in on_disk:
-        problems.append(f"shard {k}: retraining from scratch gives different parameters"
-                        + ("" if k in live else " (a shard with no examples left)"))
-    ok = all(result.values()) and not problems
-    return VerifyResult(result, ok, problems)
-
 
 def aggregate(logits: np.ndarray, how: str = "vote") -> np.ndarray:
   """Ensemble labels from shard logits ``[S, n, C]``: ``"vote"`` (majority of the S argmaxes, ties

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import warnings
 
@@ -10,6 +9,7 @@ import jax
 import numpy as np
 import optax
 
+from jaxunlearn._src.reports import progress_bar
 from jaxunlearn._src import data as data_lib
 from jaxunlearn._src import id_text, loaders
 from jaxunlearn._src import losses, models, sisa
@@ -40,20 +40,6 @@ def _adam(lr: float) -> optax.GradientTransformation:
   return _OPTIMIZERS.setdefault(lr, optax.adam(lr))
 
 
-@contextlib.contextmanager
-def _bar(console, description: str):
-  from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-  with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=console, transient=True) as progress:
-    task = progress.add_task(description, total=None)
-
-    def update(stage: str, done: int, total: int) -> None:
-      progress.update(task, description=f"{description} ({stage})", completed=done, total=total)
-
-    yield update
-
-
 def run(args) -> int:
   """Runs one ``jaxunlearn sisa`` operation; warnings about the directory go to stderr.
 
@@ -81,7 +67,7 @@ def _run(args) -> int:
     config.validate()
     exclude = id_text.read_ids_file(args.exclude_ids) if args.exclude_ids else None
     job, _ = _open(args.dir, config, args.data_dir)
-    with _bar(console, "training shards") as bar:
+    with progress_bar(console, "training shards") as bar:
       summary = job.train(exclude_ids=exclude, progress=bar, wait=args.wait)
     console.print(f"trained {config.shards} shards x {config.slices} slices ({job.strategy}): "
                   f"{summary['steps']} steps in {summary['seconds']:.1f} s -> {args.dir}")
@@ -89,7 +75,7 @@ def _run(args) -> int:
   job, test = _open(args.dir)
   if args.op == "forget":
     ids = id_text.read_ids_file(args.ids_file) if args.ids_file else _parse_ids(args.ids)
-    with _bar(console, "retraining") as bar:
+    with progress_bar(console, "retraining") as bar:
       record = job.forget(ids, progress=bar, wait=args.wait)
     if record["noop"]:
       console.print(f"nothing to do: id(s) {', '.join(map(str, record['already_forgotten']))} already forgotten.")
@@ -103,7 +89,7 @@ def _run(args) -> int:
       console.print("no training example remains: the ensemble holds no model any more.")
     return 3 if record["cleanup_pending"] else 0
   if args.op == "repair":
-    with _bar(console, "repairing") as bar:
+    with progress_bar(console, "repairing") as bar:
       out = job.repair(progress=bar, wait=args.wait)
     redone = ", ".join(f"shard {k} from stage {v}" for k, v in out["retrained"].items()) or "nothing"
     console.print(f"repaired {args.dir}: {out['forgotten']} id(s) forgotten (every ledger id included); "
@@ -115,7 +101,7 @@ def _run(args) -> int:
       print(f"{k} {d}")
     return 0
   if args.op == "verify":
-    with _bar(console, "retraining from scratch") as bar:
+    with progress_bar(console, "retraining from scratch") as bar:
       result = job.verify(progress=bar)
     for k, ok in result["shards"].items():
       console.print(f"shard {k}: {'bit-identical to retraining from scratch' if ok else 'MISMATCH'}")

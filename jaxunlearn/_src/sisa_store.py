@@ -1,6 +1,7 @@
 """The SISA directory on disk: locks, atomic writes, the sealed config, the manifest, the ledger,
 the plan file and the orbax checkpoints with their integrity records, and the sweep. The only
-module of the SISA code that touches files (and the only one that imports orbax).
+module of the SISA code that touches files (and the only one that imports orbax); its primitives
+(errors, seals, durable writes, the ``config.json`` reader) are in ``sisa_files``.
 
 Directory layout::
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -39,120 +39,20 @@ from typing import Any
 
 import numpy as np
 
-from jaxunlearn._src.sisa_plan import SisaConfig, digest
+from jaxunlearn._src.sisa_plan import digest
+from jaxunlearn._src.sisa_files import (FORMAT, CheckpointError, LockTimeout, SisaWarning, canonical, file_digests,
+                                         file_sha256, fsync_write, read_config, seal)
 
+__all__ = ("FORMAT", "CheckpointError", "LockTimeout", "SisaWarning", "Store", "canonical", "fault", "read_config", "seal")
 
-FORMAT = 2
 _SHARD_DIR = re.compile(r"shard_([0-9]{3,})")
 # What jaxunlearn writes in a shard directory: a checkpoint, its integrity record, their temporaries.
 _OWNED = re.compile(r"(stage_[0-9]+_[0-9a-f]{20})(\.sha256(\.tmp[0-9]+)?|\.orbax-checkpoint-tmp.*)?")
 
 
-class CheckpointError(RuntimeError):
-  """A file of a SISA directory is missing, corrupted or inconsistent (the message names it)."""
-
-
-class LockTimeout(RuntimeError):
-  """Another process holds the directory's writer lock (the message says who, and since when)."""
-
-
-class SisaWarning(UserWarning):
-  """Something on disk needs attention: cleanup pending after a commit, unreferenced checkpoints
-  that may hold forgotten ids, entries jaxunlearn does not own."""
-
-
 def fault(point: str) -> None:
   """Fault-injection hook: called at every step of the commit protocols; the fault-injection tests
   replace it to stop the process at ``point``. Does nothing otherwise."""
-
-
-def _file_digests(root: str) -> dict[str, str]:
-  out = {}
-  for dirpath, _, files in os.walk(root):
-    for name in files:
-      full = os.path.join(dirpath, name)
-      with open(full, "rb") as f:
-        out[os.path.relpath(full, root)] = hashlib.sha256(f.read()).hexdigest()
-  return dict(sorted(out.items()))
-
-
-def canonical(obj: Any) -> str:
-  return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def seal(config: dict) -> dict:
-  """``config`` with its ``digest``: the sha256 of everything else in it."""
-  body = {k: v for k, v in config.items() if k != "digest"}
-  return {**body, "digest": hashlib.sha256(canonical(body).encode()).hexdigest()}
-
-
-def file_sha256(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
-
-
-_CONFIG_KEYS = ("format", "sisa", "data", "plan", "excluded_at_train", "resolved_strategy", "backend", "devices",
-                "jax", "data_dir", "digest")
-
-
-def read_config(directory: str) -> dict | None:
-  """The validated ``config.json`` of a SISA directory, or ``None`` if there is none yet.
-
-  Raises:
-    ValueError: ``directory`` exists and is not a directory.
-    CheckpointError: the file is unreadable, not JSON, incomplete, or was edited after training
-      (its digest does not match): the checkpoints were trained with the original settings.
-  """
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory) and not os.path.isdir(directory):
-    raise ValueError(f"{directory} is a file, not a SISA directory.")
-  path = os.path.join(directory, "config.json")
-  try:
-    with open(path, "rb") as f:
-      raw = f.read()
-  except FileNotFoundError:
-    return None
-  except OSError as err:
-    raise CheckpointError(f"{path} cannot be read: {err.strerror or err}.") from None
-  try:
-    config = json.loads(raw.decode("utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError) as err:
-    raise CheckpointError(f"{path} is corrupted (not valid JSON: {err}); restore it from a backup.") from None
-  if not isinstance(config, dict) or config.get("format") != FORMAT:
-    found = config.get("format") if isinstance(config, dict) else None
-    raise CheckpointError(f"{path} has format {found!r}, expected {FORMAT} (written by another jaxunlearn "
-                          "version, or not a SISA config).")
-  missing = [k for k in _CONFIG_KEYS if k not in config]
-  if missing:
-    raise CheckpointError(f"{path} is incomplete (missing {', '.join(missing)}); restore it from a backup.")
-  if seal(config)["digest"] != config["digest"]:
-    raise CheckpointError(
-        f"{path} was modified after training (its digest does not match its content): the checkpoints were "
-        "trained with the original settings, so forget would retrain with different ones and stop being exact. "
-        "Restore the original file; to train with other settings, use a new directory.")
-  try:
-    SisaConfig(**config["sisa"]).validate()
-  except (TypeError, ValueError) as err:
-    raise CheckpointError(f"{path} holds an invalid SISA configuration: {err}") from None
-  return config
-
-
-def fsync_write(path: str, text: str) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-  _fsync_dir(os.path.dirname(path))
-
-
-def _fsync_dir(path: str) -> None:
-  fd = os.open(path or ".", os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
 
 
 class Store:
@@ -307,7 +207,7 @@ class Store:
     ckpt.close()
     d = digest(state)
     # Written after orbax's atomic commit of the directory: the state digest and every file's sha256.
-    fsync_write(path + ".sha256", json.dumps({"state": d, "files": _file_digests(path)}, indent=0))
+    fsync_write(path + ".sha256", json.dumps({"state": d, "files": file_digests(path)}, indent=0))
     return d
 
   def restore(self, shard: int, name: str, expected: str | None, template):
@@ -326,7 +226,7 @@ class Store:
     if expected is not None and record["state"] != expected:
       raise CheckpointError(f"checkpoint {path} does not hold the state the manifest recorded.")
     # Check every file before orbax reads any (a damaged file must not reach the reader).
-    found = _file_digests(path)
+    found = file_digests(path)
     for rel, want in record["files"].items():
       if rel not in found:
         raise CheckpointError(f"checkpoint file {os.path.join(path, rel)} is missing.")

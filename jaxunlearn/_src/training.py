@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -96,7 +97,7 @@ def fit(
     >>> apply, params = models.create("mlp", train.input_shape, 10, key=jax.random.key(0))
     >>> params = training.fit(losses.cross_entropy_loss(apply), params, train,
     ...                       optimizer=optax.adam(1e-3), epochs=5, batch_size=128, seed=0)
-    >>> training.accuracy(apply, params, test) > 0.9
+    >>> training.dataset_accuracy(apply, params, test) > 0.9
     True
   """
   if epochs < 0:
@@ -141,6 +142,17 @@ def predict(apply_fn: ApplyFn, params: Params, x: np.ndarray, *, batch_size: int
   return np.concatenate(out)
 
 
-def accuracy(apply_fn: ApplyFn, params: Params, ds: data_lib.Dataset) -> float:
-  """Top-1 accuracy of ``apply_fn(params, .)`` on ``ds``."""
+def dataset_accuracy(apply_fn: ApplyFn, params: Params, ds: data_lib.Dataset) -> float:
+  """Top-1 accuracy of ``apply_fn(params, .)`` on the dataset ``ds`` (predicts in jitted chunks).
+
+  ``jaxunlearn.metrics.accuracy(logits, labels)`` is the array-level metric on logits already
+  computed.
+  """
   return float(np.mean(np.argmax(predict(apply_fn, params, ds.x), axis=-1) == ds.y))
+
+
+def accuracy(apply_fn: ApplyFn, params: Params, ds: data_lib.Dataset) -> float:
+  """Deprecated name of :func:`dataset_accuracy` (it clashed with ``metrics.accuracy``)."""
+  warnings.warn("jaxunlearn.training.accuracy is deprecated: use training.dataset_accuracy (the same function).",
+                DeprecationWarning, stacklevel=2)
+  return dataset_accuracy(apply_fn, params, ds)
