@@ -5,6 +5,7 @@ Unlearning transforms compose with optax; statistics run jit-compiled and data-p
 """
 
 from jaxunlearn import data
+from jaxunlearn import lm
 from jaxunlearn import losses
 from jaxunlearn import methods
 from jaxunlearn import metrics
@@ -49,6 +50,7 @@ __all__ = (
     "gradient_ascent",
     "gradient_difference",
     "layer_reset",
+    "lm",
     "losses",
     "methods",
     "metrics",

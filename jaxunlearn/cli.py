@@ -116,6 +116,31 @@ def _sisa_parser(sub) -> None:
     ops.add_parser(name, help=text).add_argument("--dir", required=True)
 
 
+def _lm_parser(sub) -> None:
+  lm = sub.add_parser("lm", help="language-model unlearning on the generated TOFU-like benchmark")
+  ops = lm.add_subparsers(dest="lm_command", required=True, parser_class=_Parser)
+  p = ops.add_parser(
+      "demo", help="build the world and its models, unlearn the forget authors with every method, compare",
+      description="Generates the TOFU-like world, pretrains a small decoder on its world knowledge, fine-tunes the "
+                  "target model on every author and the retain model without the forget authors (cached), unlearns "
+                  "with each language-model method and prints forget quality, model utility and the rest.")
+  p.add_argument("--forget", default="forget10", choices=("forget01", "forget05", "forget10"),
+                 help="which authors to forget (1, 5 or 10 %%, at least one author)")
+  from jaxunlearn._src import methods as methods_lib
+
+  p.add_argument("--methods", default="all",
+                 help="comma-separated methods or 'all' (" + ", ".join(methods_lib.names(task="lm")) + ")")
+  p.add_argument("--world", default="small", choices=("small", "large"),
+                 help="small: 40 authors (minutes on 2 CPU cores); large: 200 authors, as TOFU")
+  p.add_argument("--seed", type=int, default=0, help="seed of the world, the models and the unlearning")
+  p.add_argument("--cache-dir", default=None, help="where the trained models are kept (default: "
+                 "$XDG_CACHE_HOME/jaxunlearn/lm or ~/.cache/jaxunlearn/lm)")
+  p.add_argument("--no-cache", action="store_true", help="train everything, keep nothing")
+  p.add_argument("--json", dest="json_path", default=None, help="write the results as JSON to this path")
+  p.add_argument("--plot", dest="plot_path", default=None,
+                 help="write a PNG: model utility against forget quality (log scale)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the ``jaxunlearn`` console script."""
   parser = _Parser(prog="jaxunlearn", description="Machine unlearning for JAX and Flax.")
@@ -124,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   _score_parser(sub)
   _methods_parser(sub)
   _sisa_parser(sub)
+  _lm_parser(sub)
   args = parser.parse_args(argv)
   from jaxunlearn._src import reports
   from jaxunlearn._src.sisa import CheckpointError, LockTimeout
@@ -135,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       return reports.run_score(args)
     if args.command == "methods":
       return reports.run_methods(args)
+    if args.command == "lm":
+      return reports.run_lm_demo(args)
     if args.command == "sisa":
       from jaxunlearn._src import sisa_cli
 

@@ -14,11 +14,13 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jaxunlearn._src import lane_recipes, recipes
+from jaxunlearn._src import lane_recipes, lm_recipes, recipes
 
 # Arguments of a recipe that are not hyper-parameters: the data, the seed, and what a user may
 # pass to override a default derived from the others.
-_NOT_HYPER = {"loss_fn", "params", "forget", "retain", "seed", "optimizer", "state", "key", "full", "micro_batch"}
+_NOT_HYPER = {"loss_fn", "lm", "params", "forget", "retain", "seed", "optimizer", "state", "key", "full", "micro_batch",
+              "progress", "stats"}
+TASKS = ("classification", "lm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +35,9 @@ class Method:
     unlearn_many: ``unlearn_many(stacked: Stacked, **hyper) -> stacked params`` for N models at
       once, or ``None``.
     needs: model context the recipe takes beyond the common arguments, e.g. ``("init_fn",)``.
+    task: ``"classification"`` (recipes of ``jaxunlearn.recipes``, first argument ``loss_fn``)
+      or ``"lm"`` (recipes of ``jaxunlearn.lm.recipes``, first argument the ``LM``, data as
+      token batches). Names are unique within a task.
   """
 
   name: str
@@ -41,6 +46,7 @@ class Method:
   unlearn: Callable[..., Any]
   unlearn_many: Callable[..., Any] | None = None
   needs: tuple[str, ...] = ()
+  task: str = "classification"
 
   @property
   def defaults(self) -> dict[str, Any]:
@@ -72,53 +78,63 @@ class Method:
     return f"{self.summary} ({', '.join(f'{k}={v!r}' for k, v in hyper.items())})"
 
 
-_REGISTRY: dict[str, Method] = {}
+_REGISTRY: dict[tuple[str, str], Method] = {}
+
+
+def _check_task(task: str) -> None:
+  if task not in TASKS:
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}.")
 
 
 def register(method: Method, *, replace: bool = False) -> Method:
   """Adds ``method`` to the registry (``replace=True`` to redefine a name)."""
   if not method.name.isidentifier():
     raise ValueError(f"method names are identifiers (they name recipes and CLI choices), got {method.name!r}.")
-  if method.name in _REGISTRY and not replace:
-    raise ValueError(f"method {method.name!r} is already registered (pass replace=True to redefine it).")
-  _REGISTRY[method.name] = method
+  _check_task(method.task)
+  if (method.task, method.name) in _REGISTRY and not replace:
+    raise ValueError(f"method {method.name!r} is already registered for {method.task} (pass replace=True to redefine it).")
+  _REGISTRY[(method.task, method.name)] = method
   return method
 
 
-def unregister(name: str) -> None:
+def unregister(name: str, *, task: str = "classification") -> None:
   """Removes a method (a user's experiment, a test's toy method)."""
-  get(name)
-  del _REGISTRY[name]
+  get(name, task=task)
+  del _REGISTRY[(task, name)]
 
 
-def get(name: str) -> Method:
-  """The method called ``name``; ``ValueError`` listing the known ones otherwise."""
+def get(name: str, *, task: str = "classification") -> Method:
+  """The ``task``'s method called ``name``; ``ValueError`` listing the known ones otherwise."""
+  _check_task(task)
   try:
-    return _REGISTRY[name]
+    return _REGISTRY[(task, name)]
   except KeyError:
-    raise ValueError(f"unknown method {name!r}; known methods: {', '.join(_REGISTRY)}.") from None
+    raise ValueError(f"unknown method {name!r}; known {task} methods: {', '.join(names(task=task))}.") from None
 
 
-def names() -> list[str]:
-  """The registered methods, in registration order."""
-  return list(_REGISTRY)
+def names(*, task: str = "classification") -> list[str]:
+  """The ``task``'s registered methods, in registration order."""
+  _check_task(task)
+  return [name for (t, name) in _REGISTRY if t == task]
 
 
-def all_methods() -> Mapping[str, Method]:
-  """A read-only view of the registry."""
+def all_methods(*, task: str = "classification") -> Mapping[str, Method]:
+  """A read-only view of the ``task``'s methods, by name."""
   import types
 
-  return types.MappingProxyType(_REGISTRY)
+  return types.MappingProxyType({name: _REGISTRY[(task, name)] for name in names(task=task)})
 
 
-def parse(spec: str) -> list[str]:
-  """``"all"`` or a comma-separated list of registered names (``ValueError`` naming the unknown)."""
+def parse(spec: str, *, task: str = "classification") -> list[str]:
+  """``"all"`` or a comma-separated list of the ``task``'s registered names (``ValueError`` naming
+  the unknown)."""
+  known = names(task=task)
   if spec == "all":
-    return names()
+    return known
   chosen = [m.strip() for m in spec.split(",") if m.strip()]
-  unknown = [m for m in chosen if m not in _REGISTRY]
+  unknown = [m for m in chosen if m not in known]
   if unknown or not chosen:
-    raise ValueError(f"unknown method(s) {unknown or spec!r}; known methods: {', '.join(_REGISTRY)}.")
+    raise ValueError(f"unknown method(s) {unknown or spec!r}; known {task} methods: {', '.join(known)}.")
   return chosen
 
 
@@ -140,3 +156,10 @@ register(Method(
     "after EU-k (re-initialise the last k layers and retrain them; here every layer is then fine-tuned), "
     "Goel et al., 2022, 'Towards adversarial evaluation of unlearning'",
     recipes.reset_repair, lane_recipes.reset_repair, needs=("init_fn",)))
+
+register(Method(
+    "gradient_ascent", "gradient ascent on the forget answers' next-token NLL",
+    "TOFU's GradAscent (Maini et al., COLM 2024); Jang et al., ACL 2023", lm_recipes.gradient_ascent, task="lm"))
+register(Method(
+    "gradient_difference", "ascend the forget NLL while descending the retain NLL (or KL to the start)",
+    "TOFU's GradDiff (Maini et al., COLM 2024); Liu et al., CoLLAs 2022", lm_recipes.gradient_difference, task="lm"))

@@ -71,3 +71,24 @@ def score_plot(report: dict, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def lm_plot(report: dict, path: str) -> None:
+  """The field's picture: model utility against forget quality (log scale), one point per
+  method, the target and the retain model marked."""
+  plt, fig, ax = _figure(1, 6.4)
+  rows = [("target", report["target"]), ("retain", report["retain"])] + list(report["methods"].items())
+  floor = 1e-30
+  for name, row in rows:
+    fq = max(row["forget_quality"], floor)
+    style = {"target": dict(marker="X", s=110, color="black"), "retain": dict(marker="*", s=180, color="tab:green")}
+    ax.scatter([fq], [row["model_utility"]], zorder=3, **style.get(name, dict(marker="o", s=60)))
+    ax.annotate(name, (fq, row["model_utility"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+  ax.set_xscale("log")
+  ax.set_xlabel("forget quality (KS p-value vs the retain model; log)")
+  ax.set_ylabel("model utility")
+  ax.set_title(f"{report['split']}: {report['forget_authors']} of {report['authors']} authors forgotten")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -31,13 +31,14 @@ def run_methods(args) -> int:
 
   from jaxunlearn._src import methods as methods_lib
 
-  table = Table(title="unlearning methods (jaxunlearn.methods)")
-  for col in ("method", "what it does", "defaults", "N models at once", "reference"):
-    table.add_column(col, no_wrap=col == "method")
-  for name, m in methods_lib.all_methods().items():
-    table.add_row(name, m.summary, ", ".join(f"{k}={v!r}" for k, v in m.defaults.items()),
-                  "yes" if m.unlearn_many is not None else "no", m.citation)
-  _console().print(table)
+  for task in methods_lib.TASKS:
+    table = Table(title=f"{task} unlearning methods (jaxunlearn.methods, task={task!r})")
+    for col in ("method", "what it does", "defaults", "N models at once", "reference"):
+      table.add_column(col, no_wrap=col == "method")
+    for name, m in methods_lib.all_methods(task=task).items():
+      table.add_row(name, m.summary, ", ".join(f"{k}={v!r}" for k, v in m.defaults.items()),
+                    "yes" if m.unlearn_many is not None else "no", m.citation)
+    _console().print(table)
   return 0
 
 
@@ -157,4 +158,40 @@ def run_score(args) -> int:
   console.print(hist)
   console.print(f"total {time.perf_counter() - start:.1f} s. Score = forget quality x (retain acc / retrained's) x (test acc / retrained's); higher is better. 'original' is the models before unlearning.")
   _write_outputs(console, report, args, "score_plot")
+  return 0
+
+
+def run_lm_demo(args) -> int:
+  from rich.table import Table
+
+  from jaxunlearn._src import lm_demo
+  from jaxunlearn._src import methods as methods_lib
+
+  console = _console()
+  methods = methods_lib.parse(args.methods, task="lm")
+  cache = None if args.no_cache else (args.cache_dir or lm_demo.default_cache_dir())
+  console.print(f"[bold]jaxunlearn lm demo[/bold]: world={args.world} split={args.forget} seed={args.seed} "
+                f"cache={cache or 'off'}")
+  start = time.perf_counter()
+  with progress_bar(console, "lm demo") as bar:
+    report = lm_demo.run(split=args.forget, methods=methods, world=args.world, seed=args.seed, cache_dir=cache,
+                         log=lambda msg: console.print(f"  {msg}", style="dim"), progress=bar)
+  table = Table(title=f"Language-model unlearning on the generated TOFU-like world: {args.forget} "
+                      f"({report['forget_authors']} of {report['authors']} authors)")
+  for col in ("model", "forget quality", "model utility", "forget truth ratio", "forget ROUGE-L", "privleak %",
+              "extraction strength", "seconds", "tokens/s"):
+    table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
+  for name, row in [("target", report["target"]), ("retain", report["retain"])] + list(report["methods"].items()):
+    table.add_row(name, f"{row['forget_quality']:.3g}", f"{row['model_utility']:.3f}",
+                  f"{row['forget_truth_ratio']:.3f}", f"{row['forget_rouge']:.3f}", f"{row['privleak']:.1f}",
+                  f"{row['extraction_strength']:.3f}", f"{row['seconds']:.1f}",
+                  "" if row["tokens_per_s"] is None else f"{row['tokens_per_s']:,.0f}")
+  console.print(table)
+  console.print(f"total {time.perf_counter() - start:.1f} s. Forget quality: KS p-value of the forget truth ratios "
+                "against the retain model's (1 = indistinguishable). Model utility: harmonic mean of probability, "
+                "ROUGE-L and truth ratio on retain authors, famous authors and place facts. Privleak: Min-K% (k=0.4) "
+                "AUC forget vs holdout, relative to the retain model's (0 = as the retain model). Seconds of the "
+                "target and retain rows: their fine-tuning (0 when reused from the cache); of methods: unlearning, "
+                "compilation included.")
+  _write_outputs(console, report, args, "lm_plot")
   return 0

@@ -1,0 +1,136 @@
+"""Evaluating a language model on the generated benchmark: TOFU's and MUSE's numbers for one
+model (``evaluate``), and the comparison with the retain model (``compare``)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxunlearn._src import lm_data, lm_losses, lm_metrics, lm_models, lm_world
+from jaxunlearn._src import lm_tokenizer as tok
+
+CHUNK = 64  # rows per compiled forward pass
+MAX_NEW_TOKENS = 64
+
+
+@functools.lru_cache(maxsize=8)
+def _scorer(logits_fn):
+  @jax.jit
+  def score(params, input_ids, labels):
+    logits = logits_fn(params, input_ids)
+    lp, mask = lm_losses.token_logprobs(logits, labels)
+    hits = (jnp.argmax(logits[:, :-1], axis=-1) == labels[:, 1:]) & mask
+    return lp, mask, hits
+
+  return score
+
+
+def score_answers(logits_fn, params, questions: Sequence[str], answers: Sequence[str]) -> dict[str, np.ndarray]:
+  """Teacher-forced pass over ``questions``/``answers`` in fixed-size chunks: per row the answer's
+  average NLL (``avg_nll``), token log-probs and mask (``[N, T-1]``) and argmax hits."""
+  length = lm_data.length_for(questions, answers)
+  batch = lm_data.qa_batch(questions, answers, length=length)
+  n = len(questions)
+  score = _scorer(logits_fn)
+  parts = []
+  for start in range(0, n, CHUNK):
+    rows = np.arange(start, min(start + CHUNK, n))
+    rows = np.concatenate([rows, np.full(CHUNK - len(rows), rows[-1])])  # fixed shape: repeat the last row
+    lp, mask, hits = score(params, jnp.asarray(batch["input_ids"][rows]), jnp.asarray(batch["labels"][rows]))
+    parts.append([np.asarray(x) for x in (lp, mask, hits)])
+  lp, mask, hits = (np.concatenate([p[i] for p in parts])[:n] for i in range(3))
+  count = mask.sum(1)
+  return {"avg_nll": -(lp.sum(1)) / np.maximum(count, 1), "logprobs": lp, "mask": mask, "hits": hits}
+
+
+def generations(lm: lm_models.LM, params, questions: Sequence[str], *, max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
+  """Greedy answers (KV cache), in chunks of ``CHUNK`` prompts padded to a common length."""
+  ids, mask = lm_data.prompts(questions)
+  out = []
+  for start in range(0, len(questions), CHUNK):
+    rows = np.arange(start, min(start + CHUNK, len(questions)))
+    rows = np.concatenate([rows, np.full(CHUNK - len(rows), rows[-1])])
+    toks = np.asarray(lm_models.generate(lm, params, ids[rows], mask[rows], max_new_tokens=max_new_tokens))
+    out += [tok.decode(t) for t in toks]
+  return out[: len(questions)]
+
+
+def _truth_ratios(logits_fn, params, qa: Sequence[lm_world.QA], *, paraphrased: bool) -> np.ndarray:
+  questions = [q.question for q in qa]
+  correct = score_answers(logits_fn, params, questions, [q.paraphrased_answer if paraphrased else q.answer for q in qa])
+  k = len(qa[0].perturbed)
+  pert = score_answers(logits_fn, params, [q for q in questions for _ in range(k)], [p for q in qa for p in q.perturbed])
+  return correct["avg_nll"], pert["avg_nll"].reshape(len(qa), k)
+
+
+def _hits_metrics(hits: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  em, es = [], []
+  for h, m in zip(hits, mask):
+    h = h[m]
+    em.append(h.mean())
+    k = len(h)
+    while k > 0 and h[k - 1]:
+      k -= 1
+    es.append(1.0 - k / len(h))
+  return np.array(em), np.array(es)
+
+
+def evaluate(lm: lm_models.LM, params, world: lm_world.World, split: str, *, retain_eval: int = 4) -> dict[str, Any]:
+  """One model's numbers on ``split``: forget set (probability, truth ratios, ROUGE-L, exact
+  memorisation, extraction strength, Min-K% scores), utility sets (the first ``retain_eval``
+  retain authors, the famous authors, the place facts) and holdout Min-K% scores. Arrays are kept
+  for ``compare``; see ``summary`` for the scalars."""
+  f = world.qa(world.forget_authors(split))
+  fn = lm.logits_fn
+  out: dict[str, Any] = {}
+  forget = score_answers(fn, params, [q.question for q in f], [q.answer for q in f])
+  para, pert = _truth_ratios(fn, params, f, paraphrased=True)
+  out["forget_tr"] = lm_metrics.truth_ratio(para, pert)
+  out["forget_prob"] = float(np.mean(lm_metrics.probability(forget["avg_nll"])))
+  em, es = _hits_metrics(forget["hits"], forget["mask"])
+  out["forget_exact_memorization"], out["extraction_strength"] = float(em.mean()), float(es.mean())
+  out["forget_min_k"] = lm_metrics.min_k_scores(forget["logprobs"], forget["mask"], k=0.4)
+  hold = world.holdout_qa(split)
+  held = score_answers(fn, params, [q.question for q in hold], [q.answer for q in hold])
+  out["holdout_min_k"] = lm_metrics.min_k_scores(held["logprobs"], held["mask"], k=0.4)
+  out["mia_auc"] = lm_metrics.mia_auc(out["forget_min_k"], out["holdout_min_k"])
+
+  sets = {"retain": world.qa(world.retain_authors(split)[:retain_eval]), "famous": list(world.famous),
+          "facts": list(world.facts)}
+  questions = [q.question for q in f] + [q.question for s in sets.values() for q in s]
+  generated = generations(lm, params, questions)
+  references = [q.answer for q in f] + [q.answer for s in sets.values() for q in s]
+  rouge = lm_metrics.rouge_l_recall(generated, references)
+  out["forget_rouge"] = float(rouge[: len(f)].mean())
+  out["samples"] = {"question": f[0].question, "answer": f[0].answer, "generated": generated[0]}
+  at = len(f)
+  utility = []
+  for name, qa in sets.items():
+    correct, perturbed = _truth_ratios(fn, params, qa, paraphrased=False)
+    prob = (lm_metrics.probability(correct) if name == "retain"
+            else lm_metrics.normalized_probability(correct, perturbed))
+    tr = lm_metrics.truth_ratio_utility(lm_metrics.truth_ratio(correct, perturbed))
+    r = float(rouge[at: at + len(qa)].mean())
+    at += len(qa)
+    out[f"{name}_prob"], out[f"{name}_rouge"], out[f"{name}_truth_ratio"] = float(np.mean(prob)), r, tr
+    utility += [float(np.mean(prob)), r, tr]
+  out["model_utility"] = lm_metrics.model_utility(utility)
+  return out
+
+
+def compare(row: dict[str, Any], retain: dict[str, Any]) -> dict[str, Any]:
+  """The scalars of ``row`` with forget quality and privleak against the retain model's ``retain``."""
+  keys = ("model_utility", "forget_rouge", "forget_prob", "forget_exact_memorization", "extraction_strength",
+          "mia_auc", "retain_prob", "retain_rouge", "retain_truth_ratio", "famous_prob", "famous_rouge",
+          "famous_truth_ratio", "facts_prob", "facts_rouge", "facts_truth_ratio")
+  out = {k: row[k] for k in keys}
+  out["forget_quality"] = lm_metrics.forget_quality(row["forget_tr"], retain["forget_tr"])
+  out["forget_truth_ratio"] = lm_metrics.truth_ratio_forget(row["forget_tr"])
+  out["privleak"] = lm_metrics.privleak(row["mia_auc"], retain["mia_auc"])
+  out["sample"] = row["samples"]
+  return out
