@@ -130,8 +130,9 @@ def _lm_parser(sub) -> None:
 
   p.add_argument("--methods", default="all",
                  help="comma-separated methods or 'all' (" + ", ".join(methods_lib.names(task="lm")) + ")")
-  p.add_argument("--world", default="small", choices=("small", "large"),
-                 help="small: 40 authors (minutes on 2 CPU cores); large: 200 authors, as TOFU")
+  p.add_argument("--world", default="small", choices=("tiny", "small", "large"),
+                 help="small: 40 authors (minutes on 2 CPU cores); large: 200 authors, as TOFU; tiny: a smoke test "
+                      "(seconds, meaningless numbers)")
   p.add_argument("--seed", type=int, default=0, help="seed of the world, the models and the unlearning")
   p.add_argument("--cache-dir", default=None, help="where the trained models are kept (default: "
                  "$XDG_CACHE_HOME/jaxunlearn/lm or ~/.cache/jaxunlearn/lm)")

@@ -8,6 +8,7 @@ strength, seconds and tokens per second of each, beside the target and the retai
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -19,6 +20,16 @@ from jaxunlearn._src import methods as methods_lib
 
 KEYS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_rouge", "privleak", "extraction_strength",
         "seconds", "tokens_per_s")
+
+
+# world size -> (model, training, method overrides): "tiny" is a smoke test of the whole job.
+SIZES = {
+    "tiny": (lm_models.DecoderConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, hidden_layer=0),
+             lm_train.TrainConfig(pretrain_epochs=2, finetune_epochs=2), {"epochs": 1}),
+    "small": (lm_models.DecoderConfig(), lm_train.TrainConfig(), {}),
+    "large": (lm_models.DecoderConfig(d_model=256, n_layers=4, n_heads=8, d_ff=768, hidden_layer=2),
+              lm_train.TrainConfig(pretrain_epochs=30, finetune_epochs=10, learning_rate=1e-3), {}),
+}
 
 
 def default_cache_dir() -> str:
@@ -36,6 +47,9 @@ def run(*, split: str = "forget10", methods: list[str] | None = None, world: str
   method's defaults (``{"gradient_ascent": {"epochs": 5}}``)."""
   methods = methods_lib.names(task="lm") if methods is None else methods
   w = lm_world.generate(lm_world.WorldConfig.preset(world, seed))
+  size_model, size_train, size_hyper = SIZES[world]
+  model = model or size_model
+  train = train or dataclasses.replace(size_train, seed=seed)
   if split not in lm_world.SPLITS:
     raise ValueError(f"unknown split {split!r}; expected one of {lm_world.SPLITS}.")
   models = lm_train.build(w, split=split, model=model, train=train, cache_dir=cache_dir, progress=progress, log=log)
@@ -57,7 +71,7 @@ def run(*, split: str = "forget10", methods: list[str] | None = None, world: str
   retain = lm_data.qa_batch([q.question for q in rq], [q.answer for q in rq], length=models.length)
   for name in methods:
     method = methods_lib.get(name, task="lm")
-    overrides = (hyper or {}).get(name, {})
+    overrides = {**size_hyper, **(hyper or {}).get(name, {})}
     log(f"{name}: {method.describe(**overrides)}")
     stats: dict = {}
     tick = None if progress is None else (lambda done, total, n=name: progress(n, done, total))

@@ -35,7 +35,7 @@ class TrainConfig:
   """How the benchmark's models are trained (AdamW, linear warm-up then cosine decay)."""
 
   pretrain_epochs: int = 30
-  finetune_epochs: int = 24
+  finetune_epochs: int = 8
   batch_size: int = 32
   learning_rate: float = 3e-3
   weight_decay: float = 0.01

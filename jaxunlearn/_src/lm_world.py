@@ -110,8 +110,10 @@ class WorldConfig:
 
   @classmethod
   def preset(cls, name: str, seed: int = 0) -> WorldConfig:
-    """``"small"`` (the default; minutes on 2 CPU cores), ``"large"`` (TOFU's 200 authors)."""
-    sizes = {"small": cls(seed=seed), "large": cls(authors=200, famous=60, places=100, seed=seed)}
+    """``"small"`` (the default; minutes on 2 CPU cores), ``"large"`` (TOFU's 200 authors) or
+    ``"tiny"`` (a smoke test: seconds, meaningless numbers)."""
+    sizes = {"tiny": cls(authors=10, famous=4, places=6, perturbed=3, seed=seed), "small": cls(seed=seed),
+             "large": cls(authors=200, famous=60, places=100, seed=seed)}
     if name not in sizes:
       raise ValueError(f"unknown world size {name!r}; expected one of {sorted(sizes)}.")
     return sizes[name]

@@ -1,0 +1,148 @@
+"""Language-model recipes (closed-form first steps), the cached pipeline, and `jaxunlearn lm demo`."""
+
+import json
+import os
+import types
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxunlearn import cli, methods
+from jaxunlearn.lm import benchmark, data, losses, models, recipes
+
+TINY = models.DecoderConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=256, hidden_layer=0)
+
+
+def _batches():
+  world = data.generate(data.WorldConfig(authors=10, famous=4, places=6, perturbed=3))
+  f, r = world.qa(world.forget_authors("forget10")), world.qa(world.retain_authors("forget10"))
+  forget = data.qa_batch([q.question for q in f][:6], [q.answer for q in f][:6], length=128)
+  retain = data.qa_batch([q.question for q in r][:6], [q.answer for q in r][:6], length=128)
+  return forget, retain
+
+
+def _assert_adam_first_step(p0, p1, direction, lr, wd):
+  """AdamW's first step (bias-corrected m/sqrt(v) = sign(g)): p1 = p0 - lr sign(g) - lr wd p0."""
+  for a, b, g in zip(jax.tree.leaves(p0), jax.tree.leaves(p1), jax.tree.leaves(direction)):
+    a, b, g = (np.asarray(x, np.float64) for x in (a, b, g))
+    big = np.abs(g) > 1e-4  # far from Adam's epsilon (1e-8): |m / (sqrt(v) + eps)| within 1e-4 of 1
+    expected = a - lr * np.sign(g) - lr * wd * a
+    np.testing.assert_allclose(b[big], expected[big], rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_ascent_first_step_is_adamw_on_the_negated_gradient():
+  lm = models.create(TINY, seed=1)
+  forget, _ = _batches()
+  lr, wd = 1e-3, 0.01
+  new = recipes.gradient_ascent(lm, lm.params, forget=forget, epochs=1, batch_size=8, learning_rate=lr, weight_decay=wd)
+  g = jax.grad(lambda p: losses.nll(lm.logits_fn(p, forget["input_ids"]), forget["labels"]))(lm.params)
+  _assert_adam_first_step(lm.params, new, jax.tree.map(lambda x: -x, g), lr, wd)
+  before = float(losses.nll(lm.logits_fn(lm.params, forget["input_ids"]), forget["labels"]))
+  more = recipes.gradient_ascent(lm, lm.params, forget=forget, epochs=5, batch_size=8, learning_rate=lr)
+  assert float(losses.nll(lm.logits_fn(more, forget["input_ids"]), forget["labels"])) > before + 0.1
+
+
+@pytest.mark.parametrize("retain_loss", ["nll", "kl"])
+def test_gradient_difference_first_step(retain_loss):
+  lm = models.create(TINY, seed=2)
+  forget, retain = _batches()
+  lr, wd = 1e-3, 0.0
+  # A random retain minibatch of batch_size rows is drawn; with 6 identical rows it is known exactly.
+  same = {k: v[np.zeros(6, np.int64)] for k, v in retain.items()}
+  new = recipes.gradient_difference(lm, lm.params, forget=forget, retain=same, epochs=1, batch_size=8,
+                                    learning_rate=lr, weight_decay=wd, retain_loss=retain_loss, forget_weight=1.0,
+                                    retain_weight=0.5)
+  fg = jax.grad(lambda p: losses.nll(lm.logits_fn(p, forget["input_ids"]), forget["labels"]))(lm.params)
+  rows = {k: v[np.zeros(8, np.int64)] for k, v in retain.items()}
+  if retain_loss == "nll":
+    rg = jax.grad(lambda p: losses.nll(lm.logits_fn(p, rows["input_ids"]), rows["labels"]))(lm.params)
+  else:  # at the starting point the KL's gradient is zero
+    rg = jax.tree.map(jnp.zeros_like, lm.params)
+  _assert_adam_first_step(lm.params, new, jax.tree.map(lambda r, f: 0.5 * r - f, rg, fg), lr, wd)
+
+
+def test_recipes_refuse_bad_batches():
+  lm = models.create(TINY)
+  forget, _ = _batches()
+  with pytest.raises(ValueError, match="lacks"):
+    recipes.gradient_ascent(lm, lm.params, forget={"input_ids": forget["input_ids"]})
+  with pytest.raises(ValueError, match="no scored labels"):
+    recipes.gradient_ascent(lm, lm.params, forget={**forget, "labels": np.full_like(forget["labels"], -100)})
+  with pytest.raises(ValueError, match="retain_loss"):
+    recipes.gradient_difference(lm, lm.params, forget=forget, retain=forget, retain_loss="mse")
+  assert methods.get("gradient_ascent", task="lm").defaults["epochs"] == 10
+  assert set(methods.names(task="lm")) >= {"gradient_ascent", "gradient_difference"}
+
+
+class UserLM(nnx.Module):
+  """A user's own model (not the library's decoder): embedding, one causal mixing layer, head."""
+
+  def __init__(self, vocab, dim, *, rngs):
+    self.embed = nnx.Embed(vocab, dim, rngs=rngs)
+    self.mix = nnx.Linear(dim, dim, rngs=rngs)
+    self.out = nnx.Linear(dim, vocab, rngs=rngs)
+
+  def __call__(self, ids):
+    x = self.embed(ids)
+    causal = jnp.cumsum(x, axis=1) / jnp.arange(1, ids.shape[1] + 1)[None, :, None]
+    return self.out(jax.nn.gelu(self.mix(causal)))
+
+
+def test_a_user_written_flax_model_unlearns_through_the_same_recipes():
+  graphdef, state = nnx.split(UserLM(259, 24, rngs=nnx.Rngs(0)))
+  params = nnx.to_pure_dict(state)
+
+  def logits_fn(p, ids):
+    st = nnx.State(jax.tree.map(nnx.Param, p))
+    return nnx.merge(graphdef, st, copy=True)(ids)
+
+  user = types.SimpleNamespace(logits_fn=logits_fn)
+  forget, retain = _batches()
+  nll = lambda p, b: float(losses.nll(logits_fn(p, b["input_ids"]), b["labels"]))  # noqa: E731
+  new = recipes.gradient_difference(user, params, forget=forget, retain=retain, epochs=3, batch_size=8)
+  assert nll(new, forget) > nll(params, forget)
+  assert jax.tree.structure(new) == jax.tree.structure(params)
+
+
+def test_pipeline_caches_and_retrains_a_damaged_stage(tmp_path):
+  world = data.generate(data.WorldConfig.preset("tiny"))
+  train = benchmark.TrainConfig(pretrain_epochs=1, finetune_epochs=1)
+  logs = []
+  first = benchmark.build(world, split="forget10", model=TINY, train=train, cache_dir=str(tmp_path), log=logs.append)
+  assert sorted(os.listdir(tmp_path))[0].startswith("pretrain-") and len(os.listdir(tmp_path)) == 3
+  logs.clear()
+  again = benchmark.build(world, split="forget10", model=TINY, train=train, cache_dir=str(tmp_path), log=logs.append)
+  assert sum("reusing" in m for m in logs) == 3
+  for a, b in zip(jax.tree.leaves(first.target), jax.tree.leaves(again.target)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # Damage the target's checkpoint: it is trained again (same result), never trusted.
+  target_dir = next(p for p in os.listdir(tmp_path) if p.startswith("target-"))
+  os.remove(os.path.join(tmp_path, target_dir, "jaxunlearn.json"))
+  logs.clear()
+  third = benchmark.build(world, split="forget10", model=TINY, train=train, cache_dir=str(tmp_path), log=logs.append)
+  assert any("damaged" in m for m in logs)
+  for a, b in zip(jax.tree.leaves(first.target), jax.tree.leaves(third.target)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  row = benchmark.compare(benchmark.evaluate(first.lm, first.target, world, "forget10"),
+                          benchmark.evaluate(first.lm, first.retain, world, "forget10"))
+  assert 0 <= row["forget_quality"] <= 1 and 0 <= row["model_utility"] <= 1 and 0 <= row["forget_rouge"] <= 1
+
+
+def test_lm_demo_command_writes_json_and_plot(tmp_path):
+  out, png = tmp_path / "lm.json", tmp_path / "lm.png"
+  rc = cli.main(["lm", "demo", "--world", "tiny", "--no-cache", "--json", str(out), "--plot", str(png)])
+  assert rc == 0
+  report = json.loads(out.read_text())
+  keys = {"forget_quality", "model_utility", "forget_truth_ratio", "forget_rouge", "privleak", "extraction_strength",
+          "seconds", "tokens_per_s"}
+  assert set(report) >= {"target", "retain", "methods"} and set(report["methods"]) == {"gradient_ascent",
+                                                                                      "gradient_difference"}
+  for row in [report["target"], report["retain"], *report["methods"].values()]:
+    assert keys <= set(row)
+  assert report["retain"]["forget_quality"] == 1.0 and report["retain"]["privleak"] == 0.0
+  assert report["methods"]["gradient_ascent"]["tokens_per_s"] > 0
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert cli.main(["lm", "demo", "--methods", "npo_typo", "--world", "tiny", "--no-cache"]) == 2
