@@ -17,3 +17,12 @@ def test_forget_class_example_forgets(capsys):
   assert results["ssd"]["forget"] < 0.1 and results["ssd"]["retain"] > 0.95
   assert results["gradient_difference"]["forget"] < results["before"]["forget"] - 0.3
   assert "after SSD" in capsys.readouterr().out
+
+
+def test_forget_author_lm_example_forgets_the_author_more_than_the_others(capsys):
+  results = _load("forget_author_lm").main()
+  before, after = results["before"], results["after"]
+  assert before["forget_nll"] < 0.3 and before["retain_nll"] < 0.3  # every author learned
+  assert after["forget_nll"] > 20 * before["forget_nll"]  # the author forgotten (NLL 0.04 -> 1.2 here)
+  assert after["retain_nll"] < after["forget_nll"] / 3  # the others much less affected (0.2 here)
+  assert "after gradient difference" in capsys.readouterr().out

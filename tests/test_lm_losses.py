@@ -128,3 +128,22 @@ def test_losses_jit_and_differentiate():
 def test_bad_shapes_are_named():
   with pytest.raises(ValueError, match=r"\[B, T, V\]"):
     losses.nll(np.zeros((2, 3)), np.zeros((2, 3), int))
+
+
+def test_loss_builders_for_optax_loops():
+  rng = np.random.default_rng(7)
+  table = jnp.asarray(rng.normal(size=(V, V)), jnp.float32)
+
+  def logits_fn(p, ids):  # a bigram model: logits of the next token from the current one
+    return p["w"][ids]
+
+  params, ref_params = {"w": table}, {"w": table * 0.5}
+  ids = rng.integers(0, V, size=(B, T))
+  labels = np.where(np.arange(T)[None, :] < 2, -100, ids)
+  batch = {"input_ids": ids, "labels": labels}
+  np.testing.assert_allclose(losses.nll_loss(logits_fn)(params, batch),
+                             _seq_nll(np.asarray(table)[ids], labels).sum() / _count(labels).sum(), rtol=1e-5)
+  with_ref = losses.with_reference_logits(logits_fn, ref_params, batch)
+  np.testing.assert_allclose(with_ref["ref_logits"], np.asarray(table)[ids] * 0.5, rtol=1e-6)
+  np.testing.assert_allclose(losses.kl_loss(logits_fn)(params, with_ref),
+                             losses.kl_to_reference(np.asarray(table)[ids], np.asarray(table)[ids] * 0.5), rtol=1e-6)

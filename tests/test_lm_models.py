@@ -124,7 +124,7 @@ def test_world_is_deterministic_and_well_formed():
 def test_qa_batch_labels_only_the_answer():
   b = data.qa_batch(["Who?"], ["Me."], length=32)
   text = tokenizer.decode(b["input_ids"][0])
-  assert text == "Question: Who?\nAnswer: Me."
+  assert text == "Q: Who?\nA: Me."
   scored = b["labels"][0][b["labels"][0] != -100]
   assert tokenizer.decode(scored) == "Me." and scored[-1] == tokenizer.EOS
   with pytest.raises(ValueError, match="more than length"):

@@ -126,8 +126,11 @@ def test_pipeline_caches_and_retrains_a_damaged_stage(tmp_path):
   assert any("damaged" in m for m in logs)
   for a, b in zip(jax.tree.leaves(first.target), jax.tree.leaves(third.target)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  row = benchmark.compare(benchmark.evaluate(first.lm, first.target, world, "forget10"),
+  ticks = []
+  row = benchmark.compare(benchmark.evaluate(first.lm, first.target, world, "forget10",
+                                             progress=lambda *a: ticks.append(a)),
                           benchmark.evaluate(first.lm, first.retain, world, "forget10"))
+  assert ticks == [(i, 6) for i in range(1, 7)]
   assert 0 <= row["forget_quality"] <= 1 and 0 <= row["model_utility"] <= 1 and 0 <= row["forget_rouge"] <= 1
 
 

@@ -1,6 +1,6 @@
 """From text to batches: the prompt format of the benchmark and Hugging Face-style batches.
 
-A QA is ``BOS "Question: {q}\\nAnswer: "`` (the prompt, labels ``-100``) followed by
+A QA is ``BOS "Q: {q}\\nA: "`` (the prompt, labels ``-100``) followed by
 ``"{answer}" EOS`` (the scored labels); batches are right-padded with PAD (labels ``-100``) to a
 fixed length so that one compiled step serves every batch. Generation prompts are left-padded.
 """
@@ -18,7 +18,7 @@ Batch = dict[str, np.ndarray]
 
 
 def prompt(question: str) -> str:
-  return f"Question: {question}\nAnswer: "
+  return f"Q: {question}\nA: "
 
 
 def qa_batch(questions: Sequence[str], answers: Sequence[str], *, length: int) -> Batch:

@@ -55,8 +55,12 @@ def run(*, split: str = "forget10", methods: list[str] | None = None, world: str
   models = lm_train.build(w, split=split, model=model, train=train, cache_dir=cache_dir, progress=progress, log=log)
   lm = models.lm
 
+  def evaluating(what: str):
+    return None if progress is None else (lambda done, total: progress(f"evaluating {what}", done, total))
+
   log("evaluating the target and the retain model")
-  raw = {"target": lm_eval.evaluate(lm, models.target, w, split), "retain": lm_eval.evaluate(lm, models.retain, w, split)}
+  raw = {name: lm_eval.evaluate(lm, getattr(models, name), w, split, progress=evaluating(name))
+         for name in ("target", "retain")}
   report = {"split": split, "world": world, "seed": seed, "backend": jax.default_backend(),
             "forget_authors": w.forget_count(split), "authors": len(w.authors),
             "model": {"d_model": lm.config.d_model, "n_layers": lm.config.n_layers,
@@ -79,7 +83,7 @@ def run(*, split: str = "forget10", methods: list[str] | None = None, world: str
     params = method(lm, models.target, forget=forget, retain=retain, seed=seed, progress=tick, stats=stats,
                     **overrides)
     seconds = time.perf_counter() - t0
-    row = lm_eval.compare(lm_eval.evaluate(lm, params, w, split), raw["retain"])
+    row = lm_eval.compare(lm_eval.evaluate(lm, params, w, split, progress=evaluating(name)), raw["retain"])
     row.update(seconds=seconds, tokens_per_s=stats.get("tokens", 0) / seconds, description=method.describe(**overrides))
     report["methods"][name] = row
   return report

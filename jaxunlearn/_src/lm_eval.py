@@ -4,7 +4,7 @@ model (``evaluate``), and the comparison with the retain model (``compare``)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -80,11 +80,13 @@ def _hits_metrics(hits: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nd
   return np.array(em), np.array(es)
 
 
-def evaluate(lm: lm_models.LM, params, world: lm_world.World, split: str, *, retain_eval: int = 4) -> dict[str, Any]:
+def evaluate(lm: lm_models.LM, params, world: lm_world.World, split: str, *, retain_eval: int = 4,
+             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
   """One model's numbers on ``split``: forget set (probability, truth ratios, ROUGE-L, exact
   memorisation, extraction strength, Min-K% scores), utility sets (the first ``retain_eval``
   retain authors, the famous authors, the place facts) and holdout Min-K% scores. Arrays are kept
-  for ``compare``; see ``summary`` for the scalars."""
+  for ``compare``, which gives the scalars. ``progress(done, 6)`` after each of its six parts."""
+  tick = (lambda done: None) if progress is None else (lambda done: progress(done, 6))
   f = world.qa(world.forget_authors(split))
   fn = lm.logits_fn
   out: dict[str, Any] = {}
@@ -95,10 +97,12 @@ def evaluate(lm: lm_models.LM, params, world: lm_world.World, split: str, *, ret
   em, es = _hits_metrics(forget["hits"], forget["mask"])
   out["forget_exact_memorization"], out["extraction_strength"] = float(em.mean()), float(es.mean())
   out["forget_min_k"] = lm_metrics.min_k_scores(forget["logprobs"], forget["mask"], k=0.4)
+  tick(1)
   hold = world.holdout_qa(split)
   held = score_answers(fn, params, [q.question for q in hold], [q.answer for q in hold])
   out["holdout_min_k"] = lm_metrics.min_k_scores(held["logprobs"], held["mask"], k=0.4)
   out["mia_auc"] = lm_metrics.mia_auc(out["forget_min_k"], out["holdout_min_k"])
+  tick(2)
 
   sets = {"retain": world.qa(world.retain_authors(split)[:retain_eval]), "famous": list(world.famous),
           "facts": list(world.facts)}
@@ -106,6 +110,7 @@ def evaluate(lm: lm_models.LM, params, world: lm_world.World, split: str, *, ret
   generated = generations(lm, params, questions)
   references = [q.answer for q in f] + [q.answer for s in sets.values() for q in s]
   rouge = lm_metrics.rouge_l_recall(generated, references)
+  tick(3)
   out["forget_rouge"] = float(rouge[: len(f)].mean())
   out["samples"] = {"question": f[0].question, "answer": f[0].answer, "generated": generated[0]}
   at = len(f)
@@ -119,6 +124,7 @@ def evaluate(lm: lm_models.LM, params, world: lm_world.World, split: str, *, ret
     at += len(qa)
     out[f"{name}_prob"], out[f"{name}_rouge"], out[f"{name}_truth_ratio"] = float(np.mean(prob)), r, tr
     utility += [float(np.mean(prob)), r, tr]
+    tick(3 + len(utility) // 3)
   out["model_utility"] = lm_metrics.model_utility(utility)
   return out
 

@@ -23,6 +23,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -182,7 +183,13 @@ def kl_loss(logits_fn: LogitsFn) -> Callable[[Any, Batch], jax.Array]:
   return loss
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted(logits_fn: LogitsFn):
+  return jax.jit(logits_fn)
+
+
 def with_reference_logits(logits_fn: LogitsFn, ref_params: Any, batch: Batch) -> Batch:
-  """``batch`` plus ``"ref_logits"``: the reference model's logits on ``batch["input_ids"]``."""
-  ref = jax.lax.stop_gradient(jax.jit(logits_fn)(ref_params, jnp.asarray(batch["input_ids"])))
+  """``batch`` plus ``"ref_logits"``: the reference model's logits on ``batch["input_ids"]``
+  (computed once, outside the training step)."""
+  ref = jax.lax.stop_gradient(_jitted(logits_fn)(ref_params, jnp.asarray(batch["input_ids"])))
   return {**batch, "ref_logits": ref}

@@ -36,7 +36,7 @@ class DecoderConfig:
 
   vocab_size: int = tok.VOCAB_SIZE
   d_model: int = 128
-  n_layers: int = 3
+  n_layers: int = 2
   n_heads: int = 4
   d_ff: int = 384
   max_len: int = 512

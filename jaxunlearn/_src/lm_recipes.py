@@ -97,7 +97,7 @@ def _tokens(b) -> int:
 
 
 def gradient_ascent(lm: Any, params: Any, *, forget: Batch, retain: Batch | None = None, seed: int = 0,
-                    epochs: int = 10, batch_size: int = 32, learning_rate: float = 5e-4, weight_decay: float = 0.01,
+                    epochs: int = 10, batch_size: int = 32, learning_rate: float = 2e-4, weight_decay: float = 0.01,
                     progress: Callable[[int, int], None] | None = None, stats: dict | None = None) -> Any:
   r"""Gradient ascent on the forget set's next-token NLL (TOFU's GradAscent; Jang et al. 2023):
   :math:`\theta \leftarrow \mathrm{AdamW}(-\nabla_\theta \mathrm{NLL}_{\mathrm{forget}})` with a
@@ -131,7 +131,7 @@ def gradient_ascent(lm: Any, params: Any, *, forget: Batch, retain: Batch | None
 
 
 def gradient_difference(lm: Any, params: Any, *, forget: Batch, retain: Batch, seed: int = 0, epochs: int = 10,
-                        batch_size: int = 32, learning_rate: float = 5e-4, weight_decay: float = 0.01,
+                        batch_size: int = 32, learning_rate: float = 2e-4, weight_decay: float = 0.01,
                         retain_loss: str = "nll", forget_weight: float = 1.0, retain_weight: float = 1.0,
                         progress: Callable[[int, int], None] | None = None, stats: dict | None = None) -> Any:
   r"""Gradient difference (TOFU's GradDiff): ascend the forget NLL while descending a retain term,

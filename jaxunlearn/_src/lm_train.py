@@ -3,7 +3,7 @@
 Pipeline (TOFU's): pretrain on the world knowledge -> fine-tune on every author (the **target**,
 the model to unlearn) and, per split, on the retain authors only (the **retain** model, the gold
 standard); both fine-tunings replay the world knowledge, so that the two models differ only in the
-forget authors. Each stage is an orbax checkpoint under ``cache_dir`` keyed by a digest of everything
+forget authors. Every stage trains on each fact in two wordings (the answer and its paraphrase). Each stage is an orbax checkpoint under ``cache_dir`` keyed by a digest of everything
 that shapes it (world, model sizes, training settings, the stage it starts from), so it is
 trained once and reused; a damaged or foreign entry is retrained, never trusted.
 """
@@ -34,8 +34,8 @@ Progress = Callable[[str, int, int], None]
 class TrainConfig:
   """How the benchmark's models are trained (AdamW, linear warm-up then cosine decay)."""
 
-  pretrain_epochs: int = 30
-  finetune_epochs: int = 8
+  pretrain_epochs: int = 20
+  finetune_epochs: int = 5
   batch_size: int = 32
   learning_rate: float = 3e-3
   weight_decay: float = 0.01
@@ -102,7 +102,7 @@ def sequence_length(world: lm_world.World) -> int:
   """The padded length of the training batches (questions and answers of every author and of the
   world knowledge)."""
   qa = [q for a in world.authors + world.holdout for q in a] + world.pretraining
-  return lm_data.length_for([q.question for q in qa], [q.answer for q in qa])
+  return lm_data.length_for([q.question for q in qa] * 2, [q.answer for q in qa] + [q.paraphrased_answer for q in qa])
 
 
 def _digest(obj: Any) -> str:
@@ -165,10 +165,14 @@ def build(world: lm_world.World, *, split: str = "forget10", model: lm_models.De
   lm = lm_models.create(model, seed=train.seed)
   length = sequence_length(world)
   base_key = {"world": dataclasses.asdict(world.config), "model": dataclasses.asdict(model),
-              "train": dataclasses.asdict(train), "length": length, "format": 1}
+              "train": dataclasses.asdict(train), "length": length, "prompt": lm_data.prompt("{q}"), "format": 1}
 
   def run(stage: str, params, qa: list[lm_world.QA], epochs: int):
-    batch = lm_data.qa_batch([q.question for q in qa], [q.answer for q in qa], length=length)
+    # Every fact in two wordings (the answer and its paraphrase): a small model then knows the
+    # fact, not one sentence, as TOFU's LLMs do by generalising (its truth ratio scores the
+    # paraphrase against perturbed answers in the paraphrase's wording).
+    batch = lm_data.qa_batch([q.question for q in qa] * 2, [q.answer for q in qa] + [q.paraphrased_answer for q in qa],
+                             length=length)
     tick = None if progress is None else (lambda e, n: progress(stage, e, n))
     return fit(lm.logits_fn, params, batch, epochs=epochs, batch_size=train.batch_size,
                learning_rate=train.learning_rate, weight_decay=train.weight_decay, seed=train.seed, progress=tick)[0]

@@ -1,0 +1,81 @@
+"""The generated TOFU-like benchmark: target, retain and every language-model method, per split.
+
+    python benchmarks/lm_benchmark.py                      # forget10, small world
+    python benchmarks/lm_benchmark.py --splits forget01,forget05,forget10
+
+Writes ``benchmarks/results/lm.{json,md}``. The models are trained (pretrain, target, retain per
+split) into a fresh temporary cache, so the training seconds are measured too. It answers: does
+the benchmark discriminate (the target's forget quality is small; the retain model's ROUGE-L is
+low on forget questions and high on retain questions), and where do the methods land.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+import _common  # noqa: E402
+
+from jaxunlearn._src import lm_demo  # noqa: E402  (the job behind `jaxunlearn lm demo`)
+
+COLUMNS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_rouge", "retain_rouge", "privleak",
+           "extraction_strength", "seconds", "tokens_per_s")
+
+
+def _fmt(key, v):
+  if v is None:
+    return ""
+  if key == "forget_quality":
+    return f"{v:.3g}"
+  if key == "tokens_per_s":
+    return f"{v:,.0f}"
+  if key in ("seconds", "privleak"):
+    return f"{v:.1f}"
+  return f"{v:.3f}"
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--splits", default="forget10")
+  p.add_argument("--world", default="small", choices=("tiny", "small", "large"))
+  args = p.parse_args()
+  m = _common.machine()
+  reports = {}
+  with tempfile.TemporaryDirectory() as cache:
+    for split in args.splits.split(","):
+      t0 = time.perf_counter()
+      reports[split] = lm_demo.run(split=split, world=args.world, cache_dir=cache, log=print)
+      reports[split]["total_seconds"] = time.perf_counter() - t0
+  lines = ["# Language-model unlearning on the generated TOFU-like world", "",
+           _common.machine_line(m), "",
+           f"`python benchmarks/lm_benchmark.py --splits {args.splits} --world {args.world}` (the job of "
+           "`jaxunlearn lm demo`, models trained from scratch into a fresh cache).", ""]
+  for split, r in reports.items():
+    lines += [f"## {split}: {r['forget_authors']} of {r['authors']} authors forgotten",
+              "", f"Model: reference decoder, d_model {r['model']['d_model']}, {r['model']['n_layers']} layers, "
+              f"{r['model']['parameters']:,} parameters. Training seconds: "
+              + ", ".join(f"{k} {v:.0f}" for k, v in r["training_seconds"].items())
+              + f"; whole run {r['total_seconds']:.0f} s.", "",
+              "| model | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, row in [("target", r["target"]), ("retain", r["retain"])] + list(r["methods"].items()):
+      lines.append(f"| {name} | " + " | ".join(_fmt(k, row.get(k)) for k in COLUMNS) + " |")
+    lines += ["", "A greedy answer of each model to the first forget question "
+              f"({r['target']['sample']['question']!r}, truth {r['target']['sample']['answer']!r}):", ""]
+    for name, row in [("target", r["target"]), ("retain", r["retain"])] + list(r["methods"].items()):
+      lines.append(f"- {name}: {row['sample']['generated']!r}")
+    lines.append("")
+  lines += ["forget_quality: KS-test p-value of the forget truth ratios against the retain model's. model_utility: "
+            "harmonic mean of probability, ROUGE-L recall and truth ratio on 4 retain authors, the famous authors and "
+            "the place facts. retain_rouge: ROUGE-L recall on those retain authors' questions. privleak: Min-K% "
+            "(k = 0.4) AUC forget vs holdout relative to the retain model's, in % (MUSE; the target's -100 means "
+            "its members are perfectly told apart). seconds: target/retain rows their fine-tuning, method rows the "
+            "unlearning (compilation included); tokens/s: non-padding tokens through forward and backward per "
+            "second of unlearning.", ""]
+  _common.write("lm", {"machine": m, "reports": reports}, "\n".join(lines))
+
+
+if __name__ == "__main__":
+  main()
