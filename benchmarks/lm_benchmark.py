@@ -12,6 +12,8 @@ low on forget questions and high on retain questions), and where do the methods 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
 import time
@@ -41,7 +43,13 @@ def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--splits", default="forget10")
   p.add_argument("--world", default="small", choices=("tiny", "small", "large"))
+  p.add_argument("--render", action="store_true", help="rewrite lm.md from lm.json without running anything")
   args = p.parse_args()
+  if args.render:
+    with open(os.path.join(_common.RESULTS, "lm.json")) as f:
+      payload = json.load(f)
+    _common.write("lm", payload, render(payload["machine"], payload["reports"], payload["command"]))
+    return
   m = _common.machine()
   reports = {}
   with tempfile.TemporaryDirectory() as cache:
@@ -49,10 +57,14 @@ def main():
       t0 = time.perf_counter()
       reports[split] = lm_demo.run(split=split, world=args.world, cache_dir=cache, log=print)
       reports[split]["total_seconds"] = time.perf_counter() - t0
+  command = f"python benchmarks/lm_benchmark.py --splits {args.splits} --world {args.world}"
+  _common.write("lm", {"machine": m, "reports": reports, "command": command}, render(m, reports, command))
+
+
+def render(m: dict, reports: dict, command: str) -> str:
   lines = ["# Language-model unlearning on the generated TOFU-like world", "",
            _common.machine_line(m), "",
-           f"`python benchmarks/lm_benchmark.py --splits {args.splits} --world {args.world}` (the job of "
-           "`jaxunlearn lm demo`, models trained from scratch into a fresh cache).", ""]
+           f"`{command}` (the job of `jaxunlearn lm demo`, models trained from scratch into a fresh cache).", ""]
   for split, r in reports.items():
     lines += [f"## {split}: {r['forget_authors']} of {r['authors']} authors forgotten",
               "", f"Model: reference decoder, d_model {r['model']['d_model']}, {r['model']['n_layers']} layers, "
@@ -66,7 +78,13 @@ def main():
               f"({r['target']['sample']['question']!r}, truth {r['target']['sample']['answer']!r}):", ""]
     for name, row in [("target", r["target"]), ("retain", r["retain"])] + list(r["methods"].items()):
       lines.append(f"- {name}: {row['sample']['generated']!r}")
-    lines.append("")
+    t, k = r["target"], r["retain"]
+    lines += ["", f"Does the benchmark discriminate? The target's forget quality is {t['forget_quality']:.2g} (a KS "
+              "test tells its forget truth ratios from the retain model's); the retain model's ROUGE-L recall is "
+              f"{k['forget_rouge']:.2f} on forget questions against {k['retain_rouge']:.2f} on retain questions "
+              f"(the target's: {t['forget_rouge']:.2f} and {t['retain_rouge']:.2f}); the Min-K% attack tells the "
+              f"target's forget authors from the holdout ones with AUC {t['mia_auc']:.2f} (the retain model: "
+              f"{k['mia_auc']:.2f}).", ""]
   lines += ["forget_quality: KS-test p-value of the forget truth ratios against the retain model's. model_utility: "
             "harmonic mean of probability, ROUGE-L recall and truth ratio on 4 retain authors, the famous authors and "
             "the place facts. retain_rouge: ROUGE-L recall on those retain authors' questions. privleak: Min-K% "
@@ -74,7 +92,7 @@ def main():
             "its members are perfectly told apart). seconds: target/retain rows their fine-tuning, method rows the "
             "unlearning (compilation included); tokens/s: non-padding tokens through forward and backward per "
             "second of unlearning.", ""]
-  _common.write("lm", {"machine": m, "reports": reports}, "\n".join(lines))
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

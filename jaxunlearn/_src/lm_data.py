@@ -27,8 +27,8 @@ def qa_batch(questions: Sequence[str], answers: Sequence[str], *, length: int) -
 
   Example:
     >>> from jaxunlearn.lm import data
-    >>> b = data.qa_batch(["Who?"], ["Me."], length=24)
-    >>> int((b["labels"][0] != -100).sum())  # "Me." and EOS
+    >>> labels = data.qa_batch(["Who?"], ["Me."], length=24)["labels"]
+    >>> int((labels != -100).sum())  # "Me." and EOS
     4
   """
   if len(questions) != len(answers):

@@ -189,8 +189,9 @@ def memorization_accuracy(logits, labels) -> np.ndarray:
 
 def extraction_likelihood(generations: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], *,
                           n: int = 10) -> np.ndarray:
-  r"""Jang et al.'s :math:`\mathrm{EL}_n` per sequence: ``generations[s][i]`` is the greedy
-  continuation of ``targets[s][:i]`` to the target's length, for :math:`i = 1..T-1`;
+  r"""Jang et al.'s :math:`\mathrm{EL}_n` per sequence. ``generations`` holds, for every target
+  :math:`x` of length :math:`T`, the :math:`T - 1` greedy continuations of its prefixes
+  :math:`x_{<i}` (:math:`i = 1..T-1`, in order) to the target's length;
 
   .. math:: \mathrm{EL}_n = \frac{\sum_{i=1}^{T-n} \mathrm{overlap}_n(f(x_{<i}), x_{\ge i})}{T - n},
 

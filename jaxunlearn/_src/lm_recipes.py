@@ -104,12 +104,12 @@ def gradient_ascent(lm: Any, params: Any, *, forget: Batch, retain: Batch | None
   linearly decaying learning rate. ``retain`` is not used.
 
   Example:
-    >>> import numpy as np
+    >>> import jax, numpy as np
     >>> from jaxunlearn.lm import data, models, recipes
     >>> lm = models.create(models.DecoderConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64))
     >>> forget = data.qa_batch(["Who?"], ["Me."], length=32)
     >>> new = recipes.gradient_ascent(lm, lm.params, forget=forget, epochs=2)
-    >>> bool(np.any(new["head"]["kernel"] != lm.params["head"]["kernel"]))
+    >>> all(bool(np.any(a != b)) for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(lm.params)))
     True
   """
   del retain
