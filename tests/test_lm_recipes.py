@@ -141,11 +141,82 @@ def test_lm_demo_command_writes_json_and_plot(tmp_path):
   report = json.loads(out.read_text())
   keys = {"forget_quality", "model_utility", "forget_truth_ratio", "forget_rouge", "privleak", "extraction_strength",
           "seconds", "tokens_per_s"}
-  assert set(report) >= {"target", "retain", "methods"} and set(report["methods"]) == {"gradient_ascent",
-                                                                                      "gradient_difference"}
+  assert set(report) >= {"target", "retain", "methods"} and set(report["methods"]) == set(methods.names(task="lm"))
   for row in [report["target"], report["retain"], *report["methods"].values()]:
     assert keys <= set(row)
   assert report["retain"]["forget_quality"] == 1.0 and report["retain"]["privleak"] == 0.0
   assert report["methods"]["gradient_ascent"]["tokens_per_s"] > 0
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert cli.main(["lm", "demo", "--methods", "npo_typo", "--world", "tiny", "--no-cache"]) == 2
+
+
+@pytest.mark.parametrize("method", ["npo", "simnpo", "idkdpo", "undial"])
+def test_reference_methods_first_step_is_adamw_on_the_array_losses(method):
+  """The recipe (reference quantities cached once, filler rows ignored) against the array-level
+  loss of jaxunlearn.lm.losses computed directly, with the starting model as the reference."""
+  lm = models.create(TINY, seed=4)
+  forget, retain = _batches()
+  same = {k: v[np.zeros(6, np.int64)] for k, v in retain.items()}
+  rows = {k: v[np.zeros(8, np.int64)] for k, v in retain.items()}
+  idk = data.idk_batch(["Q"] * 6, ["I don't know.", "No idea."], seed=0, length=128)
+  p0, lr, wd = lm.params, 1e-3, 0.0
+  f = lambda p, b: lm.logits_fn(p, b["input_ids"])  # noqa: E731
+  ref_f, ref_idk = f(p0, forget), f(p0, idk)
+  hyper = {"npo": dict(beta=0.3, gamma=0.7, alpha=0.5), "simnpo": dict(beta=4.5, delta=0.2, gamma=0.125, alpha=1.0),
+           "idkdpo": dict(beta=0.2, gamma=1.0, alpha=0.5), "undial": dict(beta=3.0)}[method]
+
+  def loss(p):
+    h = hyper
+    if method == "npo":
+      term = h["gamma"] * losses.npo(f(p, forget), ref_f, forget["labels"], beta=h["beta"])
+    elif method == "simnpo":
+      term = h["gamma"] * losses.simnpo(f(p, forget), forget["labels"], beta=h["beta"], delta=h["delta"])
+    elif method == "idkdpo":
+      term = h["gamma"] * losses.dpo(f(p, idk), ref_idk, idk["labels"], f(p, forget), ref_f, forget["labels"],
+                                     beta=h["beta"])
+    else:
+      return losses.undial(f(p, forget), ref_f, forget["labels"], beta=h["beta"])
+    return term + h["alpha"] * losses.nll(f(p, rows), rows["labels"])
+
+  extra = {"idk": idk} if method == "idkdpo" else {}
+  stats = {}
+  new = getattr(recipes, method)(lm, p0, forget=forget, retain=same, epochs=1, batch_size=8, learning_rate=lr,
+                                 weight_decay=wd, stats=stats, **extra, **hyper)
+  _assert_adam_first_step(p0, new, jax.grad(loss)(p0), lr, wd)
+  assert stats["steps"] == 1 and stats["tokens"] > 0
+  assert methods.get(method, task="lm").unlearn is getattr(recipes, method)
+
+
+def test_rmu_first_step_trains_only_the_selected_parameters():
+  lm = models.create(TINY, seed=5)
+  forget, retain = _batches()
+  same = {k: v[np.zeros(6, np.int64)] for k, v in retain.items()}
+  rows = {k: v[np.zeros(8, np.int64)] for k, v in retain.items()}
+  p0, lr, steering = lm.params, 1e-3, 3.0
+  u = np.random.default_rng(11).uniform(size=TINY.d_model)
+  control = steering * u / np.linalg.norm(u)
+
+  def loss(p):
+    fmask, rmask = forget["labels"] != -100, rows["labels"] != -100
+    f = losses.rmu_activation_loss(lm.hidden_fn(p, forget["input_ids"]), control, fmask)
+    r = losses.rmu_activation_loss(lm.hidden_fn(p, rows["input_ids"]), lm.hidden_fn(p0, rows["input_ids"]), rmask)
+    return f + 0.5 * r
+
+  new = recipes.rmu(lm, p0, forget=forget, retain=same, seed=11, epochs=1, batch_size=8, learning_rate=lr,
+                    weight_decay=0.0, steering=steering, alpha=0.5, trainable="blocks/0/mlp/down")  # TINY steers block 0
+  g = jax.grad(loss)(p0)
+  for path, before in jax.tree_util.tree_flatten_with_path(p0)[0]:
+    key = jax.tree_util.keystr(path, simple=True, separator="/")
+    after = dict((jax.tree_util.keystr(q, simple=True, separator="/"), x)
+                 for q, x in jax.tree_util.tree_flatten_with_path(new)[0])[key]
+    if key == "blocks/0/mlp/down/kernel":
+      grad = dict((jax.tree_util.keystr(q, simple=True, separator="/"), x)
+                  for q, x in jax.tree_util.tree_flatten_with_path(g)[0])[key]
+      _assert_adam_first_step({"k": before}, {"k": after}, {"k": grad}, lr, 0.0)
+      assert not np.array_equal(np.asarray(before), np.asarray(after))
+    else:
+      np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
+  with pytest.raises(ValueError, match="selects no parameter"):
+    recipes.rmu(lm, p0, forget=forget, retain=same, trainable="nothing_here")
+  with pytest.raises(ValueError, match="hidden_fn"):
+    recipes.rmu(types.SimpleNamespace(logits_fn=lm.logits_fn), p0, forget=forget, retain=same)

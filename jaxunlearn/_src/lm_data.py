@@ -47,6 +47,14 @@ def qa_batch(questions: Sequence[str], answers: Sequence[str], *, length: int) -
   return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def idk_batch(questions: Sequence[str], pool: Sequence[str], *, seed: int, length: int) -> Batch:
+  """``questions`` each answered with a refusal drawn from ``pool`` (IdkDPO's preferred answers)."""
+  if not pool:
+    raise ValueError("the refusal pool is empty.")
+  rng = np.random.default_rng(seed)
+  return qa_batch(questions, [pool[int(i)] for i in rng.integers(0, len(pool), size=len(questions))], length=length)
+
+
 def text_batch(texts: Sequence[str], *, length: int) -> Batch:
   """Plain texts (every token after BOS scored), right-padded to ``length``."""
   ids, mask = tok.encode_batch(texts, bos=True, eos=True, length=length)

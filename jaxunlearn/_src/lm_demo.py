@@ -65,14 +65,15 @@ def run(*, split: str = "forget10", methods: list[str] | None = None, world: str
             "forget_authors": w.forget_count(split), "authors": len(w.authors),
             "model": {"d_model": lm.config.d_model, "n_layers": lm.config.n_layers,
                       "parameters": sum(x.size for x in jax.tree.leaves(models.target))},
-            "training_seconds": models.seconds, "methods": {}}
+            "training": models.stats, "methods": {}}
   for name in ("target", "retain"):
     report[name] = lm_eval.compare(raw[name], raw["retain"])
-    report[name].update(seconds=models.seconds[name if name == "target" else "retain"], tokens_per_s=None)
+    report[name].update(models.stats[name])  # its fine-tuning: seconds and tokens/s
 
   fq, rq = w.qa(w.forget_authors(split)), w.qa(w.retain_authors(split))
   forget = lm_data.qa_batch([q.question for q in fq], [q.answer for q in fq], length=models.length)
   retain = lm_data.qa_batch([q.question for q in rq], [q.answer for q in rq], length=models.length)
+  context = {"idk": lm_data.idk_batch([q.question for q in fq], w.idk, seed=seed, length=models.length)}
   for name in methods:
     method = methods_lib.get(name, task="lm")
     overrides = {**size_hyper, **(hyper or {}).get(name, {})}
@@ -80,8 +81,9 @@ def run(*, split: str = "forget10", methods: list[str] | None = None, world: str
     stats: dict = {}
     tick = None if progress is None else (lambda done, total, n=name: progress(n, done, total))
     t0 = time.perf_counter()
+    needs = {k: context[k] for k in method.needs}
     params = method(lm, models.target, forget=forget, retain=retain, seed=seed, progress=tick, stats=stats,
-                    **overrides)
+                    **needs, **overrides)
     seconds = time.perf_counter() - t0
     row = lm_eval.compare(lm_eval.evaluate(lm, params, w, split, progress=evaluating(name)), raw["retain"])
     row.update(seconds=seconds, tokens_per_s=stats.get("tokens", 0) / seconds, description=method.describe(**overrides))

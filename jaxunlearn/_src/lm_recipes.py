@@ -15,6 +15,7 @@ forward and backward passes), from which the demo reports tokens per second.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ import optax
 from jaxunlearn._src import lm_data, lm_losses
 from jaxunlearn._src.ascent import gradient_ascent as _ascent_tx
 from jaxunlearn._src.ascent import gradient_difference as _difference_tx
+from jaxunlearn._src.base import path_mask, resolve_mask
 
 Batch = dict[str, Any]
 
@@ -96,6 +98,28 @@ def _tokens(b) -> int:
   return int(np.sum(b["attention_mask"]))
 
 
+def _device(b):
+  return None if b is None else {k: jnp.asarray(v) for k, v in b.items()}
+
+
+def _drive(advance, params, state, forget, retain, *, epochs, batch_size, seed, progress, stats, forget_passes=1,
+           retain_passes=1, **extra_stats):
+  """Runs ``advance(params, state, forget minibatch, retain minibatch or None)`` over the epochs;
+  counts the tokens through the model (``*_passes`` forward-backward passes per batch), reports
+  ``progress(step, steps)`` and fills ``stats``."""
+  steps = epochs * -(-len(forget["input_ids"]) // batch_size)
+  tokens = 0
+  for i, (fb, rb) in enumerate(_epochs(forget, retain, epochs=epochs, batch_size=batch_size, seed=seed)):
+    params, state = advance(params, state, _device(fb), _device(rb))
+    tokens += forget_passes * _tokens(fb) + (0 if rb is None else retain_passes * _tokens(rb))
+    if progress is not None:
+      progress(i + 1, steps)
+  params = jax.block_until_ready(params)
+  if stats is not None:
+    stats.update(steps=steps, tokens=tokens, **extra_stats)
+  return params
+
+
 def gradient_ascent(lm: Any, params: Any, *, forget: Batch, retain: Batch | None = None, seed: int = 0,
                     epochs: int = 10, batch_size: int = 32, learning_rate: float = 2e-4, weight_decay: float = 0.01,
                     progress: Callable[[int, int], None] | None = None, stats: dict | None = None) -> Any:
@@ -117,17 +141,8 @@ def gradient_ascent(lm: Any, params: Any, *, forget: Batch, retain: Batch | None
   steps = epochs * -(-len(forget["input_ids"]) // batch_size)
   tx = optax.chain(_ascent_tx(), _schedule(learning_rate, weight_decay, steps))
   step = _ascent_step(lm.logits_fn, tx)
-  state = tx.init(params)
-  tokens = 0
-  for i, (fb, _) in enumerate(_epochs(forget, None, epochs=epochs, batch_size=batch_size, seed=seed)):
-    params, state = step(params, state, {k: jnp.asarray(v) for k, v in fb.items()})
-    tokens += _tokens(fb)
-    if progress is not None:
-      progress(i + 1, steps)
-  params = jax.block_until_ready(params)
-  if stats is not None:
-    stats.update(steps=steps, tokens=tokens)
-  return params
+  return _drive(lambda p, st, fb, rb: step(p, st, fb), params, tx.init(params), forget, None, epochs=epochs,
+                batch_size=batch_size, seed=seed, progress=progress, stats=stats)
 
 
 def gradient_difference(lm: Any, params: Any, *, forget: Batch, retain: Batch, seed: int = 0, epochs: int = 10,
@@ -146,15 +161,235 @@ def gradient_difference(lm: Any, params: Any, *, forget: Batch, retain: Batch, s
   tx = optax.chain(_difference_tx(forget_weight=forget_weight, retain_weight=retain_weight),
                    _schedule(learning_rate, weight_decay, steps))
   step = _difference_step(lm.logits_fn, tx, retain_loss)
-  state = tx.init(params)
   ref = params
-  tokens = 0
-  for i, (fb, rb) in enumerate(_epochs(forget, retain, epochs=epochs, batch_size=batch_size, seed=seed)):
-    params, state = step(params, state, ref, *({k: jnp.asarray(v) for k, v in b.items()} for b in (fb, rb)))
-    tokens += _tokens(fb) + _tokens(rb) * (2 if retain_loss == "kl" else 1)
-    if progress is not None:
-      progress(i + 1, steps)
-  params = jax.block_until_ready(params)
-  if stats is not None:
-    stats.update(steps=steps, tokens=tokens)
-  return params
+  return _drive(lambda p, st, fb, rb: step(p, st, ref, fb, rb), params, tx.init(params), forget, retain,
+                epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, stats=stats,
+                retain_passes=2 if retain_loss == "kl" else 1)
+
+
+# -- losses with a reference model (NPO, SimNPO, IdkDPO, UNDIAL) -----------------------------------
+def _row_mean(per_row: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean over the rows that have a scored label (the filler rows of a last batch count for nothing)."""
+  valid = (lm_losses.token_counts(labels) > 0).astype(jnp.float32)
+  return jnp.sum(per_row * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def _forget_term(method: str, logits_fn, params, fb, hyper: dict):
+  beta = hyper["beta"]
+  if method == "npo":  # -(2/beta) log sigmoid(-beta (log pi - log pi_ref)), reference NLL precomputed
+    log_ratio = fb["ref_nll"] - lm_losses.sequence_nll(logits_fn(params, fb["input_ids"]), fb["labels"])
+    return _row_mean(-(2.0 / beta) * jax.nn.log_sigmoid(-beta * log_ratio), fb["labels"])
+  if method == "simnpo":
+    per_token = (lm_losses.sequence_nll(logits_fn(params, fb["input_ids"]), fb["labels"])
+                 / jnp.maximum(lm_losses.token_counts(fb["labels"]), 1))
+    return _row_mean(-(2.0 / beta) * jax.nn.log_sigmoid(beta * (per_token - hyper["delta"])), fb["labels"])
+  if method == "idkdpo":  # win: a refusal; lose: the true answer
+    win = fb["ref_win_nll"] - lm_losses.sequence_nll(logits_fn(params, fb["win_input_ids"]), fb["win_labels"])
+    lose = fb["ref_nll"] - lm_losses.sequence_nll(logits_fn(params, fb["input_ids"]), fb["labels"])
+    return _row_mean(-(2.0 / beta) * jax.nn.log_sigmoid(beta * (win - lose)), fb["labels"])
+  if method == "undial":
+    return lm_losses.undial(logits_fn(params, fb["input_ids"]), fb["ref_logits"], fb["labels"], beta=beta)
+  raise ValueError(f"unknown method {method!r}")
+
+
+@functools.lru_cache(maxsize=32)
+def _reference_step(logits_fn, tx, method: str, hyper_items: tuple):
+  hyper = dict(hyper_items)
+
+  def loss(params, fb, rb):
+    total = hyper["gamma"] * _forget_term(method, logits_fn, params, fb, hyper)
+    if rb is not None and hyper["alpha"]:
+      total = total + hyper["alpha"] * lm_losses.nll(logits_fn(params, rb["input_ids"]), rb["labels"])
+    return total
+
+  @jax.jit
+  def step(params, state, fb, rb):
+    updates, state = tx.update(jax.grad(loss)(params, fb, rb), state, params)
+    return optax.apply_updates(params, updates), state
+
+  return step
+
+
+@functools.lru_cache(maxsize=16)
+def _sequence_nll_fn(logits_fn):
+  return jax.jit(lambda p, ids, labels: lm_losses.sequence_nll(logits_fn(p, ids), labels))
+
+
+def _reference_quantities(logits_fn, params, batch: dict, *, full_logits: bool, chunk: int = 64) -> dict:
+  """The frozen model's sequence NLLs (or full logits, for UNDIAL) on every row, computed once."""
+  fn = _jitted_logits(logits_fn) if full_logits else _sequence_nll_fn(logits_fn)
+  out = []
+  for start in range(0, len(batch["input_ids"]), chunk):
+    ids = jnp.asarray(batch["input_ids"][start:start + chunk])
+    out.append(np.asarray(fn(params, ids) if full_logits else fn(params, ids, jnp.asarray(batch["labels"][start:start + chunk]))))
+  return np.concatenate(out)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_logits(logits_fn):
+  return jax.jit(logits_fn)
+
+
+def _preference(method: str, lm, params, *, forget, retain, seed, epochs, batch_size, learning_rate, weight_decay,
+                progress, stats, hyper: dict, idk=None):
+  forget = _check(forget, "forget")
+  retain = _check(retain, "retain") if retain is not None and hyper.get("alpha") else None
+  t0_ref = time.perf_counter()
+  if method in ("npo", "idkdpo"):
+    forget["ref_nll"] = _reference_quantities(lm.logits_fn, params, forget, full_logits=False)
+  if method == "idkdpo":
+    idk = _check(idk, "idk")
+    if len(idk["input_ids"]) != len(forget["input_ids"]):
+      raise ValueError(f"idk must hold one refusal per forget row ({len(forget['input_ids'])}), got {len(idk['input_ids'])}.")
+    forget["win_input_ids"], forget["win_labels"] = idk["input_ids"], idk["labels"]
+    forget["ref_win_nll"] = _reference_quantities(lm.logits_fn, params, idk, full_logits=False)
+  if method == "undial":
+    forget["ref_logits"] = _reference_quantities(lm.logits_fn, params, forget, full_logits=True)
+  reference_seconds = time.perf_counter() - t0_ref
+  steps = epochs * -(-len(forget["input_ids"]) // batch_size)
+  tx = _schedule(learning_rate, weight_decay, steps)
+  step = _reference_step(lm.logits_fn, tx, method, tuple(sorted(hyper.items())))
+  return _drive(step, params, tx.init(params), forget, retain, epochs=epochs, batch_size=batch_size, seed=seed,
+                progress=progress, stats=stats, forget_passes=2 if method == "idkdpo" else 1,
+                reference_seconds=reference_seconds)
+
+
+def npo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int = 0, epochs: int = 10,
+        batch_size: int = 32, learning_rate: float = 2e-4, weight_decay: float = 0.01, beta: float = 0.1,
+        gamma: float = 1.0, alpha: float = 1.0, progress: Callable[[int, int], None] | None = None,
+        stats: dict | None = None) -> Any:
+  r"""Negative preference optimisation with a retain term (Zhang et al., COLM 2024; open-unlearning's NPO):
+
+  .. math:: \mathcal L = \gamma\,\operatorname{mean}_b\Big[-\tfrac{2}{\beta}\log\sigma\big(-\beta\,
+     (\log\pi_\theta(y_b|x_b) - \log\pi_{\mathrm{ref}}(y_b|x_b))\big)\Big] + \alpha\,\mathrm{NLL}_{\mathrm{retain}}
+
+  then AdamW. The reference is the starting model; its sequence log-probabilities on the forget set
+  are computed once, before training (``stats["reference_seconds"]``), not at every step. Defaults:
+  open-unlearning's (beta 0.1, gamma = alpha = 1), with this benchmark's learning rate.
+  """
+  return _preference("npo", lm, params, forget=forget, retain=retain, seed=seed, epochs=epochs, batch_size=batch_size,
+                     learning_rate=learning_rate, weight_decay=weight_decay, progress=progress, stats=stats,
+                     hyper={"beta": beta, "gamma": gamma, "alpha": alpha})
+
+
+def simnpo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int = 0, epochs: int = 10,
+           batch_size: int = 32, learning_rate: float = 2e-4, weight_decay: float = 0.01, beta: float = 4.5,
+           delta: float = 0.0, gamma: float = 0.125, alpha: float = 1.0,
+           progress: Callable[[int, int], None] | None = None, stats: dict | None = None) -> Any:
+  r"""SimNPO (Fan et al., 2024): NPO without a reference model, on the length-normalised NLL,
+
+  .. math:: \mathcal L = \gamma\,\operatorname{mean}_b\Big[-\tfrac{2}{\beta}\log\sigma\big(\beta\,
+     (\mathrm{NLL}_b/|y_b| - \delta)\big)\Big] + \alpha\,\mathrm{NLL}_{\mathrm{retain}},
+
+  then AdamW. Defaults: open-unlearning's (beta 4.5, delta 0, gamma 0.125, alpha 1).
+  """
+  return _preference("simnpo", lm, params, forget=forget, retain=retain, seed=seed, epochs=epochs,
+                     batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay, progress=progress,
+                     stats=stats, hyper={"beta": beta, "delta": delta, "gamma": gamma, "alpha": alpha})
+
+
+def idkdpo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, idk: Batch, seed: int = 0, epochs: int = 10,
+           batch_size: int = 32, learning_rate: float = 2e-4, weight_decay: float = 0.01, beta: float = 0.1,
+           gamma: float = 1.0, alpha: float = 1.0, progress: Callable[[int, int], None] | None = None,
+           stats: dict | None = None) -> Any:
+  r"""IdkDPO (TOFU; Rafailov et al.'s DPO with a refusal as the preferred answer): row :math:`b` of
+  ``idk`` holds forget row :math:`b`'s question with a refusal (``jaxunlearn.lm.data.idk_batch``);
+
+  .. math:: \mathcal L = \gamma\,\operatorname{mean}_b\Big[-\tfrac{2}{\beta}\log\sigma\big(\beta\,
+     [r(\text{refusal}_b) - r(y_b)]\big)\Big] + \alpha\,\mathrm{NLL}_{\mathrm{retain}},\quad
+     r = \log\pi_\theta - \log\pi_{\mathrm{ref}},
+
+  the reference terms computed once. Defaults: open-unlearning's (beta 0.1, gamma = alpha = 1).
+  """
+  return _preference("idkdpo", lm, params, forget=forget, retain=retain, seed=seed, epochs=epochs,
+                     batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay, progress=progress,
+                     stats=stats, hyper={"beta": beta, "gamma": gamma, "alpha": alpha}, idk=idk)
+
+
+def undial(lm: Any, params: Any, *, forget: Batch, retain: Batch | None = None, seed: int = 0, epochs: int = 10,
+           batch_size: int = 32, learning_rate: float = 2e-4, weight_decay: float = 0.01, beta: float = 10.0,
+           progress: Callable[[int, int], None] | None = None, stats: dict | None = None) -> Any:
+  r"""UNDIAL (Dong et al., NAACL 2025): self-distillation towards the starting model's next-token
+  distribution with the true token's logit lowered by :math:`\beta` (``jaxunlearn.lm.losses.undial``),
+  then AdamW. No retain term (open-unlearning's default); the starting model's logits on the forget
+  set are computed once. Default beta 10 (open-unlearning's).
+  """
+  del retain
+  return _preference("undial", lm, params, forget=forget, retain=None, seed=seed, epochs=epochs,
+                     batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay, progress=progress,
+                     stats=stats, hyper={"beta": beta, "gamma": 1.0, "alpha": 0.0})
+
+
+# -- RMU ---------------------------------------------------------------------------------------------
+def _masked_mse_rows(acts, target, mask):
+  """Per row: sum over masked positions of the feature-mean squared error, over the masked count."""
+  acts = acts.astype(jnp.float32)
+  sq = jnp.mean(jnp.square(acts - jnp.broadcast_to(target.astype(jnp.float32), acts.shape)), axis=-1)
+  m = mask.astype(jnp.float32)
+  return jnp.sum(sq * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _rmu_step(hidden_fn, tx, alpha: float):
+  def loss(params, frozen, control, fb, rb):
+    fmask = fb["labels"] != lm_losses.IGNORE
+    forget_rows = _masked_mse_rows(hidden_fn(params, fb["input_ids"]), control[None, None, :], fmask)
+    total = _row_mean(forget_rows, fb["labels"])
+    if rb is not None:
+      rmask = rb["labels"] != lm_losses.IGNORE
+      target = jax.lax.stop_gradient(hidden_fn(frozen, rb["input_ids"]))
+      total = total + alpha * _row_mean(_masked_mse_rows(hidden_fn(params, rb["input_ids"]), target, rmask),
+                                        rb["labels"])
+    return total
+
+  @jax.jit
+  def step(params, state, frozen, control, fb, rb):
+    updates, state = tx.update(jax.grad(loss)(params, frozen, control, fb, rb), state, params)
+    return optax.apply_updates(params, updates), state
+
+  return step
+
+
+def rmu(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int = 0, epochs: int = 10,
+        batch_size: int = 32, learning_rate: float = 1e-3, weight_decay: float = 0.0, steering: float = 2.0,
+        alpha: float = 1.0, trainable: str = "blocks/[0-9]+/mlp/down", progress: Callable[[int, int], None] | None = None,
+        stats: dict | None = None) -> Any:
+  r"""Representation misdirection for unlearning (RMU; Li et al., "The WMDP Benchmark", ICML 2024).
+
+  A control vector :math:`c\,u/\|u\|`, :math:`u \sim U[0, 1)^D` drawn once from ``seed``
+  (:math:`c` = ``steering``), is the target of the activations :math:`h_\theta` at ``lm.hidden_fn``'s
+  layer on the forget answers' tokens; on the retain answers' tokens the activations are held to the
+  frozen starting model's:
+
+  .. math:: \mathcal L = \mathrm{MSE}_{m}\big(h_\theta(x_f), c\,u/\|u\|\big) +
+     \alpha\,\mathrm{MSE}_{m}\big(h_\theta(x_r), h_{\theta_0}(x_r)\big)
+
+  (``jaxunlearn.lm.losses.rmu_activation_loss``, per row over the scored tokens). Only the
+  parameters whose path matches the regular expression ``trainable`` (whole ``/`` segments,
+  ``jaxunlearn.path_mask``) train, through an optax mask (AdamW on them, zero updates elsewhere);
+  the default, every block's MLP down-projection, is WMDP's choice of ``mlp.down_proj``. Defaults:
+  steering 2 and alpha 1 (open-unlearning's TOFU config), learning rate measured on this benchmark.
+
+  Raises:
+    ValueError: ``lm`` has no ``hidden_fn``, or ``trainable`` selects no parameter.
+  """
+  hidden_fn = getattr(lm, "hidden_fn", None)
+  if hidden_fn is None:
+    raise ValueError("rmu needs lm.hidden_fn(params, input_ids) -> [B, T, D] (the activations to steer).")
+  forget = _check(forget, "forget")
+  retain = _check(retain, "retain") if retain is not None and alpha else None
+  try:
+    selected = resolve_mask(path_mask(trainable), params)
+  except ValueError as err:  # names every parameter path
+    raise ValueError(f"rmu: trainable={trainable!r} selects no parameter ({err})") from None
+  dim = int(hidden_fn(params, jnp.asarray(forget["input_ids"][:1])).shape[-1])
+  u = np.random.default_rng(seed).uniform(size=dim)
+  control = jnp.asarray(steering * u / np.linalg.norm(u), jnp.float32)
+  steps = epochs * -(-len(forget["input_ids"]) // batch_size)
+  frozen_mask = jax.tree.map(lambda m: not m, selected)
+  tx = optax.chain(optax.masked(_schedule(learning_rate, weight_decay, steps), selected),
+                   optax.masked(optax.set_to_zero(), frozen_mask))
+  step = _rmu_step(hidden_fn, tx, float(alpha))
+  frozen = params
+  return _drive(lambda p, st, fb, rb: step(p, st, frozen, control, fb, rb), params, tx.init(params), forget, retain,
+                epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, stats=stats, retain_passes=2)

@@ -86,7 +86,8 @@ def fit(logits_fn, params, batch: lm_data.Batch, *, epochs: int, batch_size: int
 @dataclasses.dataclass
 class Models:
   """The benchmark's models: ``lm`` (functions), ``pretrained``, ``target`` and ``retain`` params
-  (``retain`` for ``split``), and the world they were trained on."""
+  (``retain`` for ``split``), the world they were trained on, and per stage the ``seconds`` and
+  ``tokens_per_s`` of its training (as measured when it was trained, also when reused)."""
 
   lm: lm_models.LM
   world: lm_world.World
@@ -95,7 +96,7 @@ class Models:
   target: Any
   retain: Any
   length: int
-  seconds: dict[str, float]
+  stats: dict[str, dict]
 
 
 def sequence_length(world: lm_world.World) -> int:
@@ -137,22 +138,24 @@ def _save(path: str, params, meta: dict) -> None:
   os.replace(tmp, path)
 
 
-def _stage(cache_dir: str | None, name: str, key: dict, template, train: Callable[[], Any], log) -> tuple[Any, float]:
-  """``train()``'s params, or the cached ones for the same ``key``; returns ``(params, seconds)``."""
+def _stage(cache_dir: str | None, name: str, key: dict, template, train: Callable[[], Any], log) -> tuple[Any, dict]:
+  """``train() -> (params, tokens/s)``, or the cached params for the same ``key``; returns
+  ``(params, {"seconds", "tokens_per_s"})`` as measured when the stage was trained."""
   path = None if cache_dir is None else os.path.join(cache_dir, f"{name}-{_digest(key)}")
   if path is not None and os.path.isdir(path):
     found = _restore(path, template)
     if found is not None:
       log(f"{name}: reusing {path}")
-      return found[0], found[1].get("seconds", 0.0)
+      return found[0], {k: found[1].get(k) for k in ("seconds", "tokens_per_s")}
     log(f"{name}: {path} is damaged; training again")
   t0 = time.perf_counter()
-  params = jax.block_until_ready(train())
-  seconds = time.perf_counter() - t0
+  params, tokens_per_s = train()
+  params = jax.block_until_ready(params)
+  stats = {"seconds": time.perf_counter() - t0, "tokens_per_s": tokens_per_s}
   if path is not None:
     os.makedirs(cache_dir, exist_ok=True)
-    _save(path, params, {"stage": name, "key": key, "seconds": seconds})
-  return params, seconds
+    _save(path, params, {"stage": name, "key": key, **stats})
+  return params, stats
 
 
 def build(world: lm_world.World, *, split: str = "forget10", model: lm_models.DecoderConfig | None = None,
@@ -175,20 +178,20 @@ def build(world: lm_world.World, *, split: str = "forget10", model: lm_models.De
                              length=length)
     tick = None if progress is None else (lambda e, n: progress(stage, e, n))
     return fit(lm.logits_fn, params, batch, epochs=epochs, batch_size=train.batch_size,
-               learning_rate=train.learning_rate, weight_decay=train.weight_decay, seed=train.seed, progress=tick)[0]
+               learning_rate=train.learning_rate, weight_decay=train.weight_decay, seed=train.seed, progress=tick)
 
-  seconds = {}
+  stats = {}
   log(f"pretraining on {len(world.pretraining)} world-knowledge QA")
-  pre, seconds["pretrain"] = _stage(cache_dir, "pretrain", base_key, lm.params,
+  pre, stats["pretrain"] = _stage(cache_dir, "pretrain", base_key, lm.params,
                                     lambda: run("pretrain", lm.params, world.pretraining, train.pretrain_epochs), log)
   # Fine-tuning replays the world knowledge (both models alike) so that it survives: utility is
   # measured on it, as TOFU measures it on knowledge its base models keep.
   everyone = world.qa(list(range(len(world.authors)))) + world.pretraining
   log(f"fine-tuning the target model on {len(everyone)} QA ({len(world.authors)} authors and the world knowledge)")
-  target, seconds["target"] = _stage(cache_dir, "target", {**base_key, "stage": "target"}, lm.params,
+  target, stats["target"] = _stage(cache_dir, "target", {**base_key, "stage": "target"}, lm.params,
                                      lambda: run("target", pre, everyone, train.finetune_epochs), log)
   kept = world.qa(world.retain_authors(split)) + world.pretraining
   log(f"fine-tuning the retain model on {len(kept)} QA ({split}'s authors left out)")
-  retain, seconds["retain"] = _stage(cache_dir, f"retain-{split}", {**base_key, "stage": "retain", "split": split},
+  retain, stats["retain"] = _stage(cache_dir, f"retain-{split}", {**base_key, "stage": "retain", "split": split},
                                      lm.params, lambda: run("retain", pre, kept, train.finetune_epochs), log)
-  return Models(lm, world, split, pre, target, retain, length, seconds)
+  return Models(lm, world, split, pre, target, retain, length, stats)

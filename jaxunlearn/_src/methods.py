@@ -157,9 +157,22 @@ register(Method(
     "Goel et al., 2022, 'Towards adversarial evaluation of unlearning'",
     recipes.reset_repair, lane_recipes.reset_repair, needs=("init_fn",)))
 
-register(Method(
-    "gradient_ascent", "gradient ascent on the forget answers' next-token NLL",
-    "TOFU's GradAscent (Maini et al., COLM 2024); Jang et al., ACL 2023", lm_recipes.gradient_ascent, task="lm"))
-register(Method(
-    "gradient_difference", "ascend the forget NLL while descending the retain NLL (or KL to the start)",
-    "TOFU's GradDiff (Maini et al., COLM 2024); Liu et al., CoLLAs 2022", lm_recipes.gradient_difference, task="lm"))
+# Language-model methods: name, summary, citation, recipe, context the recipe needs.
+for _name, _summary, _citation, _recipe, _needs in (
+    ("gradient_ascent", "gradient ascent on the forget answers' next-token NLL",
+     "TOFU's GradAscent (Maini et al., COLM 2024); Jang et al., ACL 2023", lm_recipes.gradient_ascent, ()),
+    ("gradient_difference", "ascend the forget NLL while descending the retain NLL (or KL to the start)",
+     "TOFU's GradDiff (Maini et al., COLM 2024); Liu et al., CoLLAs 2022", lm_recipes.gradient_difference, ()),
+    ("npo", "negative preference optimisation on the forget answers, NLL on the retain ones",
+     "Zhang et al., 'Negative Preference Optimization', COLM 2024", lm_recipes.npo, ()),
+    ("simnpo", "NPO without a reference model, on the length-normalised NLL",
+     "Fan et al., 'Simplicity Prevails: Rethinking Negative Preference Optimization', 2024", lm_recipes.simnpo, ()),
+    ("idkdpo", "DPO preferring a refusal ('I don't know') to the true answer",
+     "TOFU's IdkDPO (Maini et al., COLM 2024) on DPO (Rafailov et al., NeurIPS 2023)", lm_recipes.idkdpo,
+     ("idk",)),
+    ("undial", "self-distil towards the start with the true token's logit lowered",
+     "Dong et al., 'UNDIAL: Self-Distillation with Adjusted Logits', NAACL 2025", lm_recipes.undial, ()),
+    ("rmu", "steer a layer's activations on forget tokens to a random vector, keep them on retain tokens",
+     "Li et al., 'The WMDP Benchmark' (RMU), ICML 2024", lm_recipes.rmu, ()),
+):
+  register(Method(_name, _summary, _citation, _recipe, needs=_needs, task="lm"))
