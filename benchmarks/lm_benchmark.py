@@ -69,7 +69,7 @@ def render(m: dict, reports: dict, command: str) -> str:
     lines += [f"## {split}: {r['forget_authors']} of {r['authors']} authors forgotten",
               "", f"Model: reference decoder, d_model {r['model']['d_model']}, {r['model']['n_layers']} layers, "
               f"{r['model']['parameters']:,} parameters. Training seconds: "
-              + ", ".join(f"{k} {v:.0f}" for k, v in r["training_seconds"].items())
+              + ", ".join(f"{k} {v['seconds']:.0f}" for k, v in r["training"].items())
               + f"; whole run {r['total_seconds']:.0f} s.", "",
               "| model | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, row in [("target", r["target"]), ("retain", r["retain"])] + list(r["methods"].items()):
