@@ -10,6 +10,11 @@ library's optax transforms (``gradient_ascent``, ``gradient_difference``) chaine
 
 ``stats``, if given a dict, receives ``steps`` and ``tokens`` (non-padding tokens through the
 forward and backward passes), from which the demo reports tokens per second.
+
+Sharding: pass parameters placed on a mesh (``jaxunlearn.lm.sharding.shard_params``, FSDP-style)
+and ``batch_sharding`` (``sharding.batch_sharding(mesh)``) for the minibatches; the jitted steps
+follow those shardings and the optimizer state is sharded like the parameters. ``batch_size`` must
+then divide over the batch axes.
 """
 
 from __future__ import annotations
@@ -98,19 +103,23 @@ def _tokens(b) -> int:
   return int(np.sum(b["attention_mask"]))
 
 
-def _device(b):
-  return None if b is None else {k: jnp.asarray(v) for k, v in b.items()}
+def _device(b, sharding=None):
+  if b is None:
+    return None
+  if sharding is None:
+    return {k: jnp.asarray(v) for k, v in b.items()}
+  return {k: jax.device_put(np.asarray(v), sharding) for k, v in b.items()}
 
 
 def _drive(advance, params, state, forget, retain, *, epochs, batch_size, seed, progress, stats, forget_passes=1,
-           retain_passes=1, **extra_stats):
+           retain_passes=1, batch_sharding=None, **extra_stats):
   """Runs ``advance(params, state, forget minibatch, retain minibatch or None)`` over the epochs;
   counts the tokens through the model (``*_passes`` forward-backward passes per batch), reports
   ``progress(step, steps)`` and fills ``stats``."""
   steps = epochs * -(-len(forget["input_ids"]) // batch_size)
   tokens = 0
   for i, (fb, rb) in enumerate(_epochs(forget, retain, epochs=epochs, batch_size=batch_size, seed=seed)):
-    params, state = advance(params, state, _device(fb), _device(rb))
+    params, state = advance(params, state, _device(fb, batch_sharding), _device(rb, batch_sharding))
     tokens += forget_passes * _tokens(fb) + (0 if rb is None else retain_passes * _tokens(rb))
     if progress is not None:
       progress(i + 1, steps)
@@ -122,7 +131,7 @@ def _drive(advance, params, state, forget, retain, *, epochs, batch_size, seed, 
 
 def gradient_ascent(lm: Any, params: Any, *, forget: Batch, retain: Batch | None = None, seed: int = 0,
                     epochs: int = 10, batch_size: int = 32, learning_rate: float = 2e-4, weight_decay: float = 0.01,
-                    progress: Callable[[int, int], None] | None = None, stats: dict | None = None) -> Any:
+                    progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, stats: dict | None = None) -> Any:
   r"""Gradient ascent on the forget set's next-token NLL (TOFU's GradAscent; Jang et al. 2023):
   :math:`\theta \leftarrow \mathrm{AdamW}(-\nabla_\theta \mathrm{NLL}_{\mathrm{forget}})` with a
   linearly decaying learning rate. ``retain`` is not used.
@@ -142,13 +151,13 @@ def gradient_ascent(lm: Any, params: Any, *, forget: Batch, retain: Batch | None
   tx = optax.chain(_ascent_tx(), _schedule(learning_rate, weight_decay, steps))
   step = _ascent_step(lm.logits_fn, tx)
   return _drive(lambda p, st, fb, rb: step(p, st, fb), params, tx.init(params), forget, None, epochs=epochs,
-                batch_size=batch_size, seed=seed, progress=progress, stats=stats)
+                batch_size=batch_size, seed=seed, progress=progress, stats=stats, batch_sharding=batch_sharding)
 
 
 def gradient_difference(lm: Any, params: Any, *, forget: Batch, retain: Batch, seed: int = 0, epochs: int = 10,
                         batch_size: int = 32, learning_rate: float = 3e-4, weight_decay: float = 0.01,
                         retain_loss: str = "nll", forget_weight: float = 1.0, retain_weight: float = 3.0,
-                        progress: Callable[[int, int], None] | None = None, stats: dict | None = None) -> Any:
+                        progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, stats: dict | None = None) -> Any:
   r"""Gradient difference (TOFU's GradDiff): ascend the forget NLL while descending a retain term,
   :math:`u = w_r \nabla R - w_f \nabla \mathrm{NLL}_{\mathrm{forget}}` (``gradient_difference``)
   then AdamW. :math:`R` is the retain NLL (``retain_loss="nll"``) or the KL from the starting
@@ -167,7 +176,7 @@ def gradient_difference(lm: Any, params: Any, *, forget: Batch, retain: Batch, s
   step = _difference_step(lm.logits_fn, tx, retain_loss)
   ref = params
   return _drive(lambda p, st, fb, rb: step(p, st, ref, fb, rb), params, tx.init(params), forget, retain,
-                epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, stats=stats,
+                epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, stats=stats, batch_sharding=batch_sharding,
                 retain_passes=2 if retain_loss == "kl" else 1)
 
 
@@ -235,7 +244,7 @@ def _jitted_logits(logits_fn):
 
 
 def _preference(method: str, lm, params, *, forget, retain, seed, epochs, batch_size, learning_rate, weight_decay,
-                progress, stats, hyper: dict, idk=None):
+                progress, stats, hyper: dict, idk=None, batch_sharding=None):
   forget = _check(forget, "forget")
   retain = _check(retain, "retain") if retain is not None and hyper.get("alpha") else None
   t0_ref = time.perf_counter()
@@ -254,13 +263,13 @@ def _preference(method: str, lm, params, *, forget, retain, seed, epochs, batch_
   tx = _schedule(learning_rate, weight_decay, steps)
   step = _reference_step(lm.logits_fn, tx, method, tuple(sorted(hyper.items())))
   return _drive(step, params, tx.init(params), forget, retain, epochs=epochs, batch_size=batch_size, seed=seed,
-                progress=progress, stats=stats, forget_passes=2 if method == "idkdpo" else 1,
+                progress=progress, stats=stats, batch_sharding=batch_sharding, forget_passes=2 if method == "idkdpo" else 1,
                 reference_seconds=reference_seconds)
 
 
 def npo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int = 0, epochs: int = 10,
         batch_size: int = 32, learning_rate: float = 5e-4, weight_decay: float = 0.01, beta: float = 0.1,
-        gamma: float = 1.0, alpha: float = 1.0, progress: Callable[[int, int], None] | None = None,
+        gamma: float = 1.0, alpha: float = 1.0, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None,
         stats: dict | None = None) -> Any:
   r"""Negative preference optimisation with a retain term (Zhang et al., COLM 2024; open-unlearning's NPO):
 
@@ -273,14 +282,14 @@ def npo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int 
   benchmark (forget10: forget quality 0.82 at utility 0.6x the target's; 2e-4 gave 0.17).
   """
   return _preference("npo", lm, params, forget=forget, retain=retain, seed=seed, epochs=epochs, batch_size=batch_size,
-                     learning_rate=learning_rate, weight_decay=weight_decay, progress=progress, stats=stats,
+                     learning_rate=learning_rate, weight_decay=weight_decay, progress=progress, stats=stats, batch_sharding=batch_sharding,
                      hyper={"beta": beta, "gamma": gamma, "alpha": alpha})
 
 
 def simnpo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int = 0, epochs: int = 10,
            batch_size: int = 32, learning_rate: float = 2e-3, weight_decay: float = 0.01, beta: float = 4.5,
            delta: float = 0.0, gamma: float = 0.125, alpha: float = 1.0,
-           progress: Callable[[int, int], None] | None = None, stats: dict | None = None) -> Any:
+           progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, stats: dict | None = None) -> Any:
   r"""SimNPO (Fan et al., 2024): NPO without a reference model, on the length-normalised NLL,
 
   .. math:: \mathcal L = \gamma\,\operatorname{mean}_b\Big[-\tfrac{2}{\beta}\log\sigma\big(\beta\,
@@ -292,12 +301,12 @@ def simnpo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: i
   """
   return _preference("simnpo", lm, params, forget=forget, retain=retain, seed=seed, epochs=epochs,
                      batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay, progress=progress,
-                     stats=stats, hyper={"beta": beta, "delta": delta, "gamma": gamma, "alpha": alpha})
+                     stats=stats, batch_sharding=batch_sharding, hyper={"beta": beta, "delta": delta, "gamma": gamma, "alpha": alpha})
 
 
 def idkdpo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, idk: Batch, seed: int = 0, epochs: int = 10,
            batch_size: int = 32, learning_rate: float = 2e-4, weight_decay: float = 0.01, beta: float = 0.1,
-           gamma: float = 1.0, alpha: float = 1.0, progress: Callable[[int, int], None] | None = None,
+           gamma: float = 1.0, alpha: float = 1.0, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None,
            stats: dict | None = None) -> Any:
   r"""IdkDPO (TOFU; Rafailov et al.'s DPO with a refusal as the preferred answer): row :math:`b` of
   ``idk`` holds forget row :math:`b`'s question with a refusal (``jaxunlearn.lm.data.idk_batch``);
@@ -310,12 +319,12 @@ def idkdpo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, idk: Ba
   """
   return _preference("idkdpo", lm, params, forget=forget, retain=retain, seed=seed, epochs=epochs,
                      batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay, progress=progress,
-                     stats=stats, hyper={"beta": beta, "gamma": gamma, "alpha": alpha}, idk=idk)
+                     stats=stats, batch_sharding=batch_sharding, hyper={"beta": beta, "gamma": gamma, "alpha": alpha}, idk=idk)
 
 
 def undial(lm: Any, params: Any, *, forget: Batch, retain: Batch | None = None, seed: int = 0, epochs: int = 10,
            batch_size: int = 32, learning_rate: float = 2e-4, weight_decay: float = 0.01, beta: float = 10.0,
-           progress: Callable[[int, int], None] | None = None, stats: dict | None = None) -> Any:
+           progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, stats: dict | None = None) -> Any:
   r"""UNDIAL (Dong et al., NAACL 2025): self-distillation towards the starting model's next-token
   distribution with the true token's logit lowered by :math:`\beta` (``jaxunlearn.lm.losses.undial``),
   then AdamW. No retain term (open-unlearning's default); the starting model's logits on the forget
@@ -324,7 +333,7 @@ def undial(lm: Any, params: Any, *, forget: Batch, retain: Batch | None = None, 
   del retain
   return _preference("undial", lm, params, forget=forget, retain=None, seed=seed, epochs=epochs,
                      batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay, progress=progress,
-                     stats=stats, hyper={"beta": beta, "gamma": 1.0, "alpha": 0.0})
+                     stats=stats, batch_sharding=batch_sharding, hyper={"beta": beta, "gamma": 1.0, "alpha": 0.0})
 
 
 # -- RMU ---------------------------------------------------------------------------------------------
@@ -359,7 +368,7 @@ def _rmu_step(hidden_fn, tx, alpha: float):
 
 def rmu(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int = 0, epochs: int = 10,
         batch_size: int = 32, learning_rate: float = 3e-3, weight_decay: float = 0.0, steering: float = 2.0,
-        alpha: float = 1.0, trainable: str = "blocks/[0-9]+/mlp/down", progress: Callable[[int, int], None] | None = None,
+        alpha: float = 1.0, trainable: str = "blocks/[0-9]+/mlp/down", progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None,
         stats: dict | None = None) -> Any:
   r"""Representation misdirection for unlearning (RMU; Li et al., "The WMDP Benchmark", ICML 2024).
 
@@ -400,4 +409,4 @@ def rmu(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int 
   step = _rmu_step(hidden_fn, tx, float(alpha))
   frozen = params
   return _drive(lambda p, st, fb, rb: step(p, st, frozen, control, fb, rb), params, tx.init(params), forget, retain,
-                epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, stats=stats, retain_passes=2)
+                epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, stats=stats, batch_sharding=batch_sharding, retain_passes=2)

@@ -9,6 +9,7 @@
 - ``jaxunlearn.lm.tokenizer``: bytes, plus BOS/EOS/PAD.
 - ``jaxunlearn.lm.data``: the TOFU-like world the package generates, and batching.
 - ``jaxunlearn.lm.recipes``: the language-model unlearning methods (registry task ``"lm"``).
+- ``jaxunlearn.lm.sharding``: FSDP-style parameter and batch placement on a mesh.
 - ``jaxunlearn.lm.benchmark``: the cached pretrain / target / retain pipeline and the evaluation.
 """
 
@@ -18,6 +19,7 @@ from jaxunlearn.lm import losses
 from jaxunlearn.lm import metrics
 from jaxunlearn.lm import models
 from jaxunlearn.lm import recipes
+from jaxunlearn.lm import sharding
 from jaxunlearn.lm import tokenizer
 
-__all__ = ("benchmark", "data", "losses", "metrics", "models", "recipes", "tokenizer")
+__all__ = ("benchmark", "data", "losses", "metrics", "models", "recipes", "sharding", "tokenizer")

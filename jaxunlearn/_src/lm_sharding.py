@@ -1,0 +1,74 @@
+"""Placing a language model's parameters and batches on a device mesh (FSDP-style).
+
+``fsdp_shardings(params, mesh)`` splits every parameter with a dimension divisible by the ``fsdp``
+axis over it (the largest such dimension), and replicates the rest (norm scales, small vectors);
+``batch_sharding(mesh)`` splits batches over ``data`` (and ``fsdp``, as FSDP does). The recipes of
+``jaxunlearn.lm.recipes`` then run unchanged: their jitted steps follow the inputs' shardings, and
+the optimizer state, created from the sharded parameters, is sharded alike. The mesh's axes must
+have ``AxisType.Auto`` (the compiler partitions the model); explicit axes are refused by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+def _axis(mesh: Mesh, name: str) -> int:
+  return dict(zip(mesh.axis_names, mesh.axis_sizes)).get(name, 1)
+
+
+def fsdp_shardings(params: Any, mesh: Mesh, *, axis: str = "fsdp", min_size: int = 1024) -> Any:
+  """A ``NamedSharding`` per parameter: the largest dimension divisible by the mesh's ``axis``
+  size is split over it, for parameters of at least ``min_size`` elements; others are replicated.
+
+  Example:
+    >>> import jax
+    >>> from jaxunlearn.lm import models, sharding
+    >>> mesh = jax.make_mesh((1,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,))
+    >>> lm = models.create(models.DecoderConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64))
+    >>> head = sharding.fsdp_shardings(lm.params, mesh)["head"]
+    >>> tuple(head["kernel"].spec)  # [d_model, vocab]: the larger dimension is split
+    (None, 'fsdp')
+  """
+  if axis not in mesh.axis_names:
+    raise ValueError(f"the mesh has no {axis!r} axis (axes: {mesh.axis_names}).")
+  _check_auto(mesh)
+  n = _axis(mesh, axis)
+
+  def one(x):
+    shape = np.shape(x)
+    spec = [None] * len(shape)
+    if int(np.prod(shape, dtype=np.int64)) >= min_size:
+      candidates = [d for d in range(len(shape)) if shape[d] % n == 0]
+      if candidates:
+        spec[max(candidates, key=lambda d: (shape[d], d))] = axis
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+  return jax.tree.map(one, params)
+
+
+def _check_auto(mesh: Mesh) -> None:
+  explicit = [a for a, t in zip(mesh.axis_names, mesh.axis_types) if t == jax.sharding.AxisType.Explicit]
+  if explicit:
+    raise ValueError(
+        f"mesh axes {explicit} have explicit axis types (jax.make_mesh's default): the FSDP placement lets the "
+        "compiler partition the model (its reshapes and gathers carry no sharding annotations), which needs "
+        "Auto axes: jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names)).")
+
+
+def shard_params(params: Any, mesh: Mesh, *, axis: str = "fsdp", min_size: int = 1024) -> Any:
+  """``params`` placed by ``fsdp_shardings``."""
+  return jax.device_put(params, fsdp_shardings(params, mesh, axis=axis, min_size=min_size))
+
+
+def batch_sharding(mesh: Mesh, *, axes: tuple[str, ...] = ("data", "fsdp")) -> NamedSharding:
+  """Batches split on their leading (example) axis over the mesh axes among ``axes`` it has."""
+  _check_auto(mesh)
+  present = tuple(a for a in axes if a in mesh.axis_names)
+  if not present:
+    raise ValueError(f"the mesh has none of the axes {axes} (axes: {mesh.axis_names}).")
+  return NamedSharding(mesh, PartitionSpec(present if len(present) > 1 else present[0]))
