@@ -222,3 +222,19 @@ def test_rmu_first_step_trains_only_the_selected_parameters():
     recipes.rmu(lm, p0, forget=forget, retain=same, trainable="nothing_here")
   with pytest.raises(ValueError, match="hidden_fn"):
     recipes.rmu(types.SimpleNamespace(logits_fn=lm.logits_fn), p0, forget=forget, retain=same)
+
+
+def test_gradient_accumulation_equals_the_larger_batch():
+  """NPO's forget term is a mean over rows: two accumulated minibatches of 4 rows (the same rows,
+  in the same order) give the update of one minibatch of 8."""
+  lm = models.create(TINY, seed=6)
+  world = data.generate(data.WorldConfig(authors=10, famous=4, places=6, perturbed=3))
+  f = world.qa(world.forget_authors("forget10"))[:16]
+  forget = data.qa_batch([q.question for q in f], [q.answer for q in f], length=128)
+  kw = dict(forget=forget, retain=None, epochs=2, alpha=0.0, learning_rate=1e-3)
+  big = recipes.npo(lm, lm.params, batch_size=8, **kw)
+  accumulated = recipes.npo(lm, lm.params, batch_size=4, accumulate=2, **kw)
+  for a, b in zip(jax.tree.leaves(big), jax.tree.leaves(accumulated)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="accumulate"):
+    recipes.npo(lm, lm.params, batch_size=4, accumulate=0, **kw)
