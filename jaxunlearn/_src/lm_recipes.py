@@ -15,6 +15,10 @@ forward and backward passes), from which the demo reports tokens per second.
 update directions averaged (``optax.MultiSteps``), for effective batches larger than memory
 allows; the learning-rate schedule counts optimizer updates.
 
+``compute_dtype``: mixed precision, e.g. ``jnp.bfloat16``: the model computes with its floating
+parameters cast to it, while the master parameters, gradients and optimizer state keep their dtype
+(float32). The reference quantities are computed in the parameters' own dtype.
+
 Sharding: pass parameters placed on a mesh (``jaxunlearn.lm.sharding.shard_params``, FSDP-style)
 and ``batch_sharding`` (``sharding.batch_sharding(mesh)``) for the minibatches; the jitted steps
 follow those shardings and the optimizer state is sharded like the parameters. ``batch_size`` must
@@ -54,6 +58,21 @@ def _check(batch: Batch, name: str) -> dict[str, np.ndarray]:
   if not np.any(out["labels"][:, 1:] != lm_losses.IGNORE):
     raise ValueError(f"{name} has no scored labels (every label is -100): there is nothing to learn or forget.")
   return out
+
+
+@functools.lru_cache(maxsize=64)
+def _in_dtype(fn, dtype):
+  """``fn`` computing with its floating parameters cast to ``dtype`` (mixed precision: the master
+  parameters, the gradients and the optimizer state stay in their own dtype; the cast is
+  differentiated through). ``dtype=None``: ``fn`` itself."""
+  if dtype is None:
+    return fn
+
+  def cast(params, ids):
+    low = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+    return fn(low, ids)
+
+  return cast
 
 
 def _schedule(learning_rate: float, weight_decay: float, steps: int, accumulate: int = 1) -> optax.GradientTransformation:
@@ -144,7 +163,7 @@ def _drive(advance, params, state, forget, retain, *, epochs, batch_size, seed, 
 
 def gradient_ascent(lm: Any, params: Any, *, forget: Batch, retain: Batch | None = None, seed: int = 0,
                     epochs: int = 10, batch_size: int = 32, learning_rate: float = 2e-4, weight_decay: float = 0.01,
-                    accumulate: int = 1, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, stats: dict | None = None) -> Any:
+                    accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, stats: dict | None = None) -> Any:
   r"""Gradient ascent on the forget set's next-token NLL (TOFU's GradAscent; Jang et al. 2023):
   :math:`\theta \leftarrow \mathrm{AdamW}(-\nabla_\theta \mathrm{NLL}_{\mathrm{forget}})` with a
   linearly decaying learning rate. ``retain`` is not used.
@@ -162,7 +181,7 @@ def gradient_ascent(lm: Any, params: Any, *, forget: Batch, retain: Batch | None
   forget = _check(forget, "forget")
   steps = epochs * -(-len(forget["input_ids"]) // batch_size)
   tx = optax.chain(_ascent_tx(), _schedule(learning_rate, weight_decay, steps, accumulate))
-  step = _ascent_step(lm.logits_fn, tx)
+  step = _ascent_step(_in_dtype(lm.logits_fn, compute_dtype), tx)
   return _drive(lambda p, st, fb, rb: step(p, st, fb), params, tx.init(params), forget, None, epochs=epochs,
                 batch_size=batch_size, seed=seed, progress=progress, stats=stats, batch_sharding=batch_sharding)
 
@@ -170,7 +189,7 @@ def gradient_ascent(lm: Any, params: Any, *, forget: Batch, retain: Batch | None
 def gradient_difference(lm: Any, params: Any, *, forget: Batch, retain: Batch, seed: int = 0, epochs: int = 10,
                         batch_size: int = 32, learning_rate: float = 3e-4, weight_decay: float = 0.01,
                         retain_loss: str = "nll", forget_weight: float = 1.0, retain_weight: float = 3.0,
-                        accumulate: int = 1, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, stats: dict | None = None) -> Any:
+                        accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, stats: dict | None = None) -> Any:
   r"""Gradient difference (TOFU's GradDiff): ascend the forget NLL while descending a retain term,
   :math:`u = w_r \nabla R - w_f \nabla \mathrm{NLL}_{\mathrm{forget}}` (``gradient_difference``)
   then AdamW. :math:`R` is the retain NLL (``retain_loss="nll"``) or the KL from the starting
@@ -186,7 +205,7 @@ def gradient_difference(lm: Any, params: Any, *, forget: Batch, retain: Batch, s
   steps = epochs * -(-len(forget["input_ids"]) // batch_size)
   tx = optax.chain(_difference_tx(forget_weight=forget_weight, retain_weight=retain_weight),
                    _schedule(learning_rate, weight_decay, steps, accumulate))
-  step = _difference_step(lm.logits_fn, tx, retain_loss)
+  step = _difference_step(_in_dtype(lm.logits_fn, compute_dtype), tx, retain_loss)
   ref = params
   return _drive(lambda p, st, fb, rb: step(p, st, ref, fb, rb), params, tx.init(params), forget, retain,
                 epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, stats=stats, batch_sharding=batch_sharding,
@@ -257,7 +276,7 @@ def _jitted_logits(logits_fn):
 
 
 def _preference(method: str, lm, params, *, forget, retain, seed, epochs, batch_size, learning_rate, weight_decay,
-                progress, stats, hyper: dict, idk=None, batch_sharding=None, accumulate=1):
+                progress, stats, hyper: dict, idk=None, batch_sharding=None, accumulate=1, compute_dtype=None):
   forget = _check(forget, "forget")
   retain = _check(retain, "retain") if retain is not None and hyper.get("alpha") else None
   t0_ref = time.perf_counter()
@@ -274,7 +293,7 @@ def _preference(method: str, lm, params, *, forget, retain, seed, epochs, batch_
   reference_seconds = time.perf_counter() - t0_ref
   steps = epochs * -(-len(forget["input_ids"]) // batch_size)
   tx = _schedule(learning_rate, weight_decay, steps, accumulate)
-  step = _reference_step(lm.logits_fn, tx, method, tuple(sorted(hyper.items())))
+  step = _reference_step(_in_dtype(lm.logits_fn, compute_dtype), tx, method, tuple(sorted(hyper.items())))
   return _drive(step, params, tx.init(params), forget, retain, epochs=epochs, batch_size=batch_size, seed=seed,
                 progress=progress, stats=stats, batch_sharding=batch_sharding, forget_passes=2 if method == "idkdpo" else 1,
                 reference_seconds=reference_seconds)
@@ -282,7 +301,7 @@ def _preference(method: str, lm, params, *, forget, retain, seed, epochs, batch_
 
 def npo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int = 0, epochs: int = 10,
         batch_size: int = 32, learning_rate: float = 5e-4, weight_decay: float = 0.01, beta: float = 0.1,
-        gamma: float = 1.0, alpha: float = 1.0, accumulate: int = 1, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None,
+        gamma: float = 1.0, alpha: float = 1.0, accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None,
         stats: dict | None = None) -> Any:
   r"""Negative preference optimisation with a retain term (Zhang et al., COLM 2024; open-unlearning's NPO):
 
@@ -296,13 +315,13 @@ def npo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int 
   """
   return _preference("npo", lm, params, forget=forget, retain=retain, seed=seed, epochs=epochs, batch_size=batch_size,
                      learning_rate=learning_rate, weight_decay=weight_decay, progress=progress, stats=stats,
-                     batch_sharding=batch_sharding, accumulate=accumulate, hyper={"beta": beta, "gamma": gamma, "alpha": alpha})
+                     batch_sharding=batch_sharding, accumulate=accumulate, compute_dtype=compute_dtype, hyper={"beta": beta, "gamma": gamma, "alpha": alpha})
 
 
 def simnpo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int = 0, epochs: int = 10,
            batch_size: int = 32, learning_rate: float = 2e-3, weight_decay: float = 0.01, beta: float = 4.5,
            delta: float = 0.0, gamma: float = 0.125, alpha: float = 1.0,
-           accumulate: int = 1, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, stats: dict | None = None) -> Any:
+           accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, stats: dict | None = None) -> Any:
   r"""SimNPO (Fan et al., 2024): NPO without a reference model, on the length-normalised NLL,
 
   .. math:: \mathcal L = \gamma\,\operatorname{mean}_b\Big[-\tfrac{2}{\beta}\log\sigma\big(\beta\,
@@ -314,12 +333,12 @@ def simnpo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: i
   """
   return _preference("simnpo", lm, params, forget=forget, retain=retain, seed=seed, epochs=epochs,
                      batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay, progress=progress,
-                     stats=stats, batch_sharding=batch_sharding, accumulate=accumulate, hyper={"beta": beta, "delta": delta, "gamma": gamma, "alpha": alpha})
+                     stats=stats, batch_sharding=batch_sharding, accumulate=accumulate, compute_dtype=compute_dtype, hyper={"beta": beta, "delta": delta, "gamma": gamma, "alpha": alpha})
 
 
 def idkdpo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, idk: Batch, seed: int = 0, epochs: int = 10,
            batch_size: int = 32, learning_rate: float = 2e-4, weight_decay: float = 0.01, beta: float = 0.1,
-           gamma: float = 1.0, alpha: float = 1.0, accumulate: int = 1, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None,
+           gamma: float = 1.0, alpha: float = 1.0, accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None,
            stats: dict | None = None) -> Any:
   r"""IdkDPO (TOFU; Rafailov et al.'s DPO with a refusal as the preferred answer): row :math:`b` of
   ``idk`` holds forget row :math:`b`'s question with a refusal (``jaxunlearn.lm.data.idk_batch``);
@@ -332,12 +351,12 @@ def idkdpo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, idk: Ba
   """
   return _preference("idkdpo", lm, params, forget=forget, retain=retain, seed=seed, epochs=epochs,
                      batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay, progress=progress,
-                     stats=stats, batch_sharding=batch_sharding, accumulate=accumulate, hyper={"beta": beta, "gamma": gamma, "alpha": alpha}, idk=idk)
+                     stats=stats, batch_sharding=batch_sharding, accumulate=accumulate, compute_dtype=compute_dtype, hyper={"beta": beta, "gamma": gamma, "alpha": alpha}, idk=idk)
 
 
 def undial(lm: Any, params: Any, *, forget: Batch, retain: Batch | None = None, seed: int = 0, epochs: int = 10,
            batch_size: int = 32, learning_rate: float = 2e-4, weight_decay: float = 0.01, beta: float = 10.0,
-           accumulate: int = 1, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, stats: dict | None = None) -> Any:
+           accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, stats: dict | None = None) -> Any:
   r"""UNDIAL (Dong et al., NAACL 2025): self-distillation towards the starting model's next-token
   distribution with the true token's logit lowered by :math:`\beta` (``jaxunlearn.lm.losses.undial``),
   then AdamW. No retain term (open-unlearning's default); the starting model's logits on the forget
@@ -346,7 +365,7 @@ def undial(lm: Any, params: Any, *, forget: Batch, retain: Batch | None = None, 
   del retain
   return _preference("undial", lm, params, forget=forget, retain=None, seed=seed, epochs=epochs,
                      batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay, progress=progress,
-                     stats=stats, batch_sharding=batch_sharding, accumulate=accumulate, hyper={"beta": beta, "gamma": 1.0, "alpha": 0.0})
+                     stats=stats, batch_sharding=batch_sharding, accumulate=accumulate, compute_dtype=compute_dtype, hyper={"beta": beta, "gamma": 1.0, "alpha": 0.0})
 
 
 # -- RMU ---------------------------------------------------------------------------------------------
@@ -381,7 +400,7 @@ def _rmu_step(hidden_fn, tx, alpha: float):
 
 def rmu(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int = 0, epochs: int = 10,
         batch_size: int = 32, learning_rate: float = 3e-3, weight_decay: float = 0.0, steering: float = 2.0,
-        alpha: float = 1.0, trainable: str = "blocks/[0-9]+/mlp/down", accumulate: int = 1, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None,
+        alpha: float = 1.0, trainable: str = "blocks/[0-9]+/mlp/down", accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None,
         stats: dict | None = None) -> Any:
   r"""Representation misdirection for unlearning (RMU; Li et al., "The WMDP Benchmark", ICML 2024).
 
@@ -419,7 +438,7 @@ def rmu(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int 
   frozen_mask = jax.tree.map(lambda m: not m, selected)
   tx = optax.chain(optax.masked(_schedule(learning_rate, weight_decay, steps, accumulate), selected),
                    optax.masked(optax.set_to_zero(), frozen_mask))
-  step = _rmu_step(hidden_fn, tx, float(alpha))
+  step = _rmu_step(_in_dtype(hidden_fn, compute_dtype), tx, float(alpha))
   frozen = params
   return _drive(lambda p, st, fb, rb: step(p, st, frozen, control, fb, rb), params, tx.init(params), forget, retain,
                 epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, stats=stats, batch_sharding=batch_sharding, retain_passes=2)

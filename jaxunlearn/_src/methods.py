@@ -19,7 +19,7 @@ from jaxunlearn._src import lane_recipes, lm_recipes, recipes
 # Arguments of a recipe that are not hyper-parameters: the data, the seed, and what a user may
 # pass to override a default derived from the others.
 _NOT_HYPER = {"loss_fn", "lm", "params", "forget", "retain", "seed", "optimizer", "state", "key", "full", "micro_batch",
-              "progress", "stats", "batch_sharding"}
+              "progress", "stats", "batch_sharding", "compute_dtype"}
 TASKS = ("classification", "lm")
 
 
