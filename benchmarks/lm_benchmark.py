@@ -24,12 +24,14 @@ import _common  # noqa: E402
 from jaxunlearn._src import lm_demo  # noqa: E402  (the job behind `jaxunlearn lm demo`)
 
 COLUMNS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_rouge", "retain_rouge", "privleak",
-           "extraction_strength", "seconds", "tokens_per_s")
+           "extraction_strength", "relearn_steps", "seconds", "tokens_per_s")
 
 
 def _fmt(key, v):
   if v is None:
-    return ""
+    return "> 40" if key == "relearn_steps" else ""
+  if key == "relearn_steps":
+    return str(v)
   if key == "forget_quality":
     return f"{v:.3g}"
   if key == "tokens_per_s":
@@ -55,7 +57,7 @@ def main():
   with tempfile.TemporaryDirectory() as cache:
     for split in args.splits.split(","):
       t0 = time.perf_counter()
-      reports[split] = lm_demo.run(split=split, world=args.world, cache_dir=cache, log=print)
+      reports[split] = lm_demo.run(split=split, world=args.world, cache_dir=cache, relearn=True, log=print)
       reports[split]["total_seconds"] = time.perf_counter() - t0
   command = f"python benchmarks/lm_benchmark.py --splits {args.splits} --world {args.world}"
   _common.write("lm", {"machine": m, "reports": reports, "command": command}, render(m, reports, command))
@@ -73,7 +75,7 @@ def render(m: dict, reports: dict, command: str) -> str:
               + f"; whole run {r['total_seconds']:.0f} s.", "",
               "| model | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, row in [("target", r["target"]), ("retain", r["retain"])] + list(r["methods"].items()):
-      lines.append(f"| {name} | " + " | ".join(_fmt(k, row.get(k)) for k in COLUMNS) + " |")
+      lines.append(f"| {name} | " + " | ".join(_fmt(k, row[k]) if k in row else "" for k in COLUMNS) + " |")
     lines += ["", "A greedy answer of each model to the first forget question "
               f"({r['target']['sample']['question']!r}, truth {r['target']['sample']['answer']!r}):", ""]
     for name, row in [("target", r["target"]), ("retain", r["retain"])] + list(r["methods"].items()):
@@ -91,7 +93,10 @@ def render(m: dict, reports: dict, command: str) -> str:
             "(k = 0.4) AUC forget vs holdout relative to the retain model's, in % (MUSE; the target's -100 means "
             "its members are perfectly told apart). seconds: target/retain rows their fine-tuning, method rows the "
             "unlearning (compilation included); tokens/s: non-padding tokens through forward and backward per "
-            "second of unlearning.", ""]
+            "second of unlearning. relearn_steps: the relearning attack, AdamW steps (lr 1e-3, batch 32) of fine-tuning on the "
+            "forget authors' first ten attributes until ROUGE-L on their other ten questions is back at 0.9x the "
+            "target's ('> 40': not within 40 steps; a model that never learned them, like the retain model, "
+            "should not get there).", ""]
   return "\n".join(lines)
 
 

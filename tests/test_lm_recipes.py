@@ -138,14 +138,14 @@ def test_pipeline_caches_and_retrains_a_damaged_stage(tmp_path):
 
 def test_lm_demo_command_writes_json_and_plot(tmp_path):
   out, png = tmp_path / "lm.json", tmp_path / "lm.png"
-  rc = cli.main(["lm", "demo", "--world", "tiny", "--no-cache", "--json", str(out), "--plot", str(png)])
+  rc = cli.main(["lm", "demo", "--world", "tiny", "--no-cache", "--relearn", "--json", str(out), "--plot", str(png)])
   assert rc == 0
   report = json.loads(out.read_text())
   keys = {"forget_quality", "model_utility", "forget_truth_ratio", "forget_rouge", "privleak", "extraction_strength",
           "seconds", "tokens_per_s"}
   assert set(report) >= {"target", "retain", "methods"} and set(report["methods"]) == set(methods.names(task="lm"))
   for row in [report["target"], report["retain"], *report["methods"].values()]:
-    assert keys <= set(row)
+    assert keys <= set(row) and "relearn_steps" in row
   assert report["retain"]["forget_quality"] == 1.0 and report["retain"]["privleak"] == 0.0
   assert report["methods"]["gradient_ascent"]["tokens_per_s"] > 0
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -260,3 +260,12 @@ def test_bf16_compute_keeps_float32_master_weights(method):
       assert agree > 0.9
     diffs.append(np.max(np.abs(a - b)))
   assert 0 < max(diffs) < 1e-2  # bf16 really ran (results differ), and only by rounding-sized amounts
+
+
+def test_relearning_attack_counts_steps_and_gives_up():
+  world = data.generate(data.WorldConfig.preset("tiny"))
+  lm = models.create(TINY, seed=8)
+  assert benchmark.relearn_steps(lm, lm.params, world, "forget10", threshold=0.0) == 0  # already there
+  # An untrained model cannot reach a perfect ROUGE-L on unseen facts in 4 steps.
+  assert benchmark.relearn_steps(lm, lm.params, world, "forget10", threshold=1.01, max_steps=4, check_every=2) is None
+  assert benchmark.relearn_threshold(lm, lm.params, world, "forget10", fraction=0.0) == 0.0

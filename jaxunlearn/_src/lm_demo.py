@@ -40,11 +40,13 @@ def default_cache_dir() -> str:
 def run(*, split: str = "forget10", methods: list[str] | None = None, world: str = "small", seed: int = 0,
         cache_dir: str | None = None, model: lm_models.DecoderConfig | None = None,
         train: lm_train.TrainConfig | None = None, hyper: dict[str, dict] | None = None,
-        log: Callable[[str], None] = lambda _: None,
+        relearn: bool = False, log: Callable[[str], None] = lambda _: None,
         progress: Callable[[str, int, int], None] | None = None) -> dict:
   """Runs the benchmark; returns ``{"target": {...}, "retain": {...}, "methods": {NAME: {...}}}``
   (each with ``KEYS`` and the detailed numbers) plus the run's settings. ``hyper`` overrides a
-  method's defaults (``{"gradient_ascent": {"epochs": 5}}``)."""
+  method's defaults (``{"gradient_ascent": {"epochs": 5}}``). ``relearn``: also run the relearning
+  attack on every model (``relearn_steps``: fine-tuning steps on half the forget facts until the
+  other half's ROUGE-L is back at 0.9x the target's; ``None``: not within 40 steps)."""
   methods = methods_lib.names(task="lm") if methods is None else methods
   w = lm_world.generate(lm_world.WorldConfig.preset(world, seed))
   size_model, size_train, size_hyper = SIZES[world]
@@ -70,6 +72,12 @@ def run(*, split: str = "forget10", methods: list[str] | None = None, world: str
     report[name] = lm_eval.compare(raw[name], raw["retain"])
     report[name].update(models.stats[name])  # its fine-tuning: seconds and tokens/s
 
+  if relearn:
+    threshold = lm_eval.relearn_threshold(lm, models.target, w, split)
+    report["relearn_threshold"] = threshold
+    for name in ("target", "retain"):
+      log(f"relearning attack on the {name} model")
+      report[name]["relearn_steps"] = lm_eval.relearn_steps(lm, getattr(models, name), w, split, threshold=threshold)
   fq, rq = w.qa(w.forget_authors(split)), w.qa(w.retain_authors(split))
   forget = lm_data.qa_batch([q.question for q in fq], [q.answer for q in fq], length=models.length)
   retain = lm_data.qa_batch([q.question for q in rq], [q.answer for q in rq], length=models.length)
@@ -87,5 +95,7 @@ def run(*, split: str = "forget10", methods: list[str] | None = None, world: str
     seconds = time.perf_counter() - t0
     row = lm_eval.compare(lm_eval.evaluate(lm, params, w, split, progress=evaluating(name)), raw["retain"])
     row.update(seconds=seconds, tokens_per_s=stats.get("tokens", 0) / seconds, description=method.describe(**overrides))
+    if relearn:
+      row["relearn_steps"] = lm_eval.relearn_steps(lm, params, w, split, threshold=threshold)
     report["methods"][name] = row
   return report

@@ -140,3 +140,61 @@ def compare(row: dict[str, Any], retain: dict[str, Any]) -> dict[str, Any]:
   out["privleak"] = lm_metrics.privleak(row["mia_auc"], retain["mia_auc"])
   out["sample"] = row["samples"]
   return out
+
+
+def relearn_steps(lm: lm_models.LM, params, world: lm_world.World, split: str, *, threshold: float,
+                  max_steps: int = 40, check_every: int = 5, learning_rate: float = 1e-3, batch_size: int = 32,
+                  seed: int = 0) -> int | None:
+  """The relearning attack (removal or suppression?): fine-tune on the forget authors' first ten
+  attributes (NLL, AdamW at a constant ``learning_rate``) and count the steps until the ROUGE-L
+  recall of greedy answers to their *other* ten questions reaches ``threshold`` (checked every
+  ``check_every`` steps); ``None`` if not within ``max_steps``. Knowledge that was removed has to be
+  learned from nothing, and the other attributes are never shown; suppressed knowledge comes back.
+
+  ``threshold``: e.g. 0.9 x the target model's ROUGE-L on those questions (``relearn_threshold``).
+  """
+  import optax
+
+  shown, held = _relearn_split(world, split)
+  batch = lm_data.qa_batch([q.question for q in shown], [q.answer for q in shown],
+                           length=lm_data.length_for([q.question for q in shown], [q.answer for q in shown]))
+  optimizer = optax.adamw(learning_rate)
+  loss = lm_losses.nll_loss(lm.logits_fn)
+
+  @jax.jit
+  def step(p, state, b):
+    updates, state = optimizer.update(jax.grad(loss)(p, b), state, p)
+    return optax.apply_updates(p, updates), state
+
+  def rouge(p) -> float:
+    return float(lm_metrics.rouge_l_recall(generations(lm, p, [q.question for q in held]), [q.answer for q in held]).mean())
+
+  if rouge(params) >= threshold:
+    return 0
+  state = optimizer.init(params)
+  done, epoch = 0, 0
+  while done < max_steps:
+    for mb in lm_data.epoch_batches(batch, batch_size=batch_size, seed=seed, epoch=epoch):
+      params, state = step(params, state, {k: jnp.asarray(v) for k, v in mb.items()})
+      done += 1
+      if done % check_every == 0 and rouge(params) >= threshold:
+        return done
+      if done >= max_steps:
+        return None
+    epoch += 1
+  return None
+
+
+def relearn_threshold(lm: lm_models.LM, target_params, world: lm_world.World, split: str, *, fraction: float = 0.9) -> float:
+  """``fraction`` x the target model's ROUGE-L on the held-out half of the forget questions."""
+  _, held = _relearn_split(world, split)
+  return fraction * float(lm_metrics.rouge_l_recall(generations(lm, target_params, [q.question for q in held]),
+                                                    [q.answer for q in held]).mean())
+
+
+def _relearn_split(world: lm_world.World, split: str) -> tuple[list, list]:
+  qa = world.qa(world.forget_authors(split))
+  half = len(lm_world.ATTRIBUTES) // 2
+  shown = [q for q in qa if lm_world.ATTRIBUTES.index(q.attribute) < half]
+  held = [q for q in qa if lm_world.ATTRIBUTES.index(q.attribute) >= half]
+  return shown, held

@@ -175,16 +175,17 @@ def run_lm_demo(args) -> int:
   start = time.perf_counter()
   with progress_bar(console, "lm demo") as bar:
     report = lm_demo.run(split=args.forget, methods=methods, world=args.world, seed=args.seed, cache_dir=cache,
-                         log=lambda msg: console.print(f"  {msg}", style="dim"), progress=bar)
+                         relearn=args.relearn, log=lambda msg: console.print(f"  {msg}", style="dim"), progress=bar)
   table = Table(title=f"Language-model unlearning on the generated TOFU-like world: {args.forget} "
                       f"({report['forget_authors']} of {report['authors']} authors)")
   for col in ("model", "forget quality", "model utility", "forget truth ratio", "forget ROUGE-L", "privleak %",
-              "extraction strength", "seconds", "tokens/s"):
+              "extraction strength") + (("relearn steps",) if args.relearn else ()) + ("seconds", "tokens/s"):
     table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
   for name, row in [("target", report["target"]), ("retain", report["retain"])] + list(report["methods"].items()):
+    relearned = () if not args.relearn else ("> 40" if row["relearn_steps"] is None else str(row["relearn_steps"]),)
     table.add_row(name, f"{row['forget_quality']:.3g}", f"{row['model_utility']:.3f}",
                   f"{row['forget_truth_ratio']:.3f}", f"{row['forget_rouge']:.3f}", f"{row['privleak']:.1f}",
-                  f"{row['extraction_strength']:.3f}", f"{row['seconds']:.1f}",
+                  f"{row['extraction_strength']:.3f}", *relearned, f"{row['seconds']:.1f}",
                   "" if row["tokens_per_s"] is None else f"{row['tokens_per_s']:,.0f}")
   console.print(table)
   console.print(f"total {time.perf_counter() - start:.1f} s. Forget quality: KS p-value of the forget truth ratios "
