@@ -227,11 +227,11 @@ def generate(config: WorldConfig | None = None) -> World:
   Example:
     >>> from jaxunlearn.lm import data
     >>> world = data.generate(data.WorldConfig(authors=20, seed=0))
-    >>> len(world.authors), len(world.authors[0]), world.forget_count("forget10")
+    >>> first = world.authors[0]  # author 0's questions and answers, one per attribute
+    >>> len(world.authors), len(first), world.forget_count("forget10")
     (20, 20, 2)
-    >>> qa = world.authors[0][0]
-    >>> qa.answer in (qa.answer,) and len(qa.perturbed)
-    5
+    >>> len(first[0].perturbed), first[0].attribute
+    (5, 'birthplace')
   """
   config = config or WorldConfig()
   config.validate()
