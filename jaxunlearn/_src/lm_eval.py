@@ -68,18 +68,6 @@ def _truth_ratios(logits_fn, params, qa: Sequence[lm_world.QA], *, paraphrased: 
   return correct["avg_nll"], pert["avg_nll"].reshape(len(qa), k)
 
 
-def _hits_metrics(hits: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  em, es = [], []
-  for h, m in zip(hits, mask):
-    h = h[m]
-    em.append(h.mean())
-    k = len(h)
-    while k > 0 and h[k - 1]:
-      k -= 1
-    es.append(1.0 - k / len(h))
-  return np.array(em), np.array(es)
-
-
 def evaluate(lm: lm_models.LM, params, world: lm_world.World, split: str, *, retain_eval: int = 4,
              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
   """One model's numbers on ``split``: forget set (probability, truth ratios, ROUGE-L, exact
@@ -94,7 +82,7 @@ def evaluate(lm: lm_models.LM, params, world: lm_world.World, split: str, *, ret
   para, pert = _truth_ratios(fn, params, f, paraphrased=True)
   out["forget_tr"] = lm_metrics.truth_ratio(para, pert)
   out["forget_prob"] = float(np.mean(lm_metrics.probability(forget["avg_nll"])))
-  em, es = _hits_metrics(forget["hits"], forget["mask"])
+  em, es = lm_metrics.memorization_from_hits([h[m] for h, m in zip(forget["hits"], forget["mask"])])
   out["forget_exact_memorization"], out["extraction_strength"] = float(em.mean()), float(es.mean())
   out["forget_min_k"] = lm_metrics.min_k_scores(forget["logprobs"], forget["mask"], k=0.4)
   tick(1)

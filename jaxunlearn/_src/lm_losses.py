@@ -184,12 +184,13 @@ def kl_loss(logits_fn: LogitsFn) -> Callable[[Any, Batch], jax.Array]:
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted(logits_fn: LogitsFn):
+def jitted(logits_fn: LogitsFn):
+  """``jax.jit(logits_fn)``, one per function (shared so that it compiles once)."""
   return jax.jit(logits_fn)
 
 
 def with_reference_logits(logits_fn: LogitsFn, ref_params: Any, batch: Batch) -> Batch:
   """``batch`` plus ``"ref_logits"``: the reference model's logits on ``batch["input_ids"]``
   (computed once, outside the training step)."""
-  ref = jax.lax.stop_gradient(_jitted(logits_fn)(ref_params, jnp.asarray(batch["input_ids"])))
+  ref = jax.lax.stop_gradient(jitted(logits_fn)(ref_params, jnp.asarray(batch["input_ids"])))
   return {**batch, "ref_logits": ref}

@@ -131,30 +131,35 @@ def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> np.
   return np.array([scorer.score(ref, pred)["rougeL"].recall for pred, ref in zip(predictions, references)])
 
 
-def _scored(logits, labels):
-  """Per sequence: (argmax predictions, labels) at the scored next-token positions."""
+def _hits(logits, labels) -> list[np.ndarray]:
+  """Per sequence: whether the teacher-forced argmax equals the label, at its scored positions."""
   logits, labels = np.asarray(logits), np.asarray(labels)
-  pred, target = logits[:, :-1].argmax(-1), labels[:, 1:]
-  mask = target != -100
-  return [(pred[b][mask[b]], target[b][mask[b]]) for b in range(len(labels))]
+  hits, mask = logits[:, :-1].argmax(-1) == labels[:, 1:], labels[:, 1:] != -100
+  return [hits[b][mask[b]] for b in range(len(labels))]
+
+
+def memorization_from_hits(hits: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+  """``(exact memorisation, extraction strength)`` per sequence from its scored argmax hits."""
+  em, es = [], []
+  for h in hits:
+    n = h.size
+    k = n
+    while k > 0 and h[k - 1]:
+      k -= 1
+    em.append(np.mean(h) if n else np.nan)
+    es.append(1.0 - k / n if n else np.nan)
+  return np.array(em), np.array(es)
 
 
 def exact_memorization(logits, labels) -> np.ndarray:
   """Per sequence: the fraction of scored tokens where the teacher-forced argmax is the label."""
-  return np.array([np.mean(p == t) if t.size else np.nan for p, t in _scored(logits, labels)])
+  return memorization_from_hits(_hits(logits, labels))[0]
 
 
 def extraction_strength(logits, labels) -> np.ndarray:
   """Per sequence: :math:`1 - k/|y|`, :math:`k` the smallest index from which every teacher-forced
   argmax equals its label (0 when even the last token is wrong, 1 when all are right)."""
-  out = []
-  for p, t in _scored(logits, labels):
-    n = t.size
-    k = n
-    while k > 0 and p[k - 1] == t[k - 1]:
-      k -= 1
-    out.append(1.0 - k / n if n else np.nan)
-  return np.array(out)
+  return memorization_from_hits(_hits(logits, labels))[1]
 
 
 def min_k_scores(token_logprobs, mask, *, k: float = 0.4) -> np.ndarray:

@@ -262,17 +262,12 @@ def _sequence_nll_fn(logits_fn):
 
 def _reference_quantities(logits_fn, params, batch: dict, *, full_logits: bool, chunk: int = 64) -> dict:
   """The frozen model's sequence NLLs (or full logits, for UNDIAL) on every row, computed once."""
-  fn = _jitted_logits(logits_fn) if full_logits else _sequence_nll_fn(logits_fn)
+  fn = lm_losses.jitted(logits_fn) if full_logits else _sequence_nll_fn(logits_fn)
   out = []
   for start in range(0, len(batch["input_ids"]), chunk):
     ids = jnp.asarray(batch["input_ids"][start:start + chunk])
     out.append(np.asarray(fn(params, ids) if full_logits else fn(params, ids, jnp.asarray(batch["labels"][start:start + chunk]))))
   return np.concatenate(out)
-
-
-@functools.lru_cache(maxsize=16)
-def _jitted_logits(logits_fn):
-  return jax.jit(logits_fn)
 
 
 def _preference(method: str, lm, params, *, forget, retain, seed, epochs, batch_size, learning_rate, weight_decay,
