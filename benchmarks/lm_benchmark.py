@@ -24,13 +24,13 @@ import _common  # noqa: E402
 from jaxunlearn._src import lm_demo  # noqa: E402  (the job behind `jaxunlearn lm demo`)
 
 COLUMNS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_rouge", "retain_rouge", "privleak",
-           "extraction_strength", "relearn_steps", "seconds", "tokens_per_s")
+           "extraction_strength", "relearn_steps", "steps", "seconds", "tokens_per_s")
 
 
 def _fmt(key, v):
   if v is None:
     return "> 40" if key == "relearn_steps" else ""
-  if key == "relearn_steps":
+  if key in ("relearn_steps", "steps"):
     return str(v)
   if key == "forget_quality":
     return f"{v:.3g}"
@@ -45,6 +45,8 @@ def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--splits", default="forget10")
   p.add_argument("--world", default="small", choices=("tiny", "small", "large"))
+  p.add_argument("--select", default="gradient_ascent,gradient_difference,npo",
+                 help="methods also run with checkpoint selection (rows NAME+select); '' for none")
   p.add_argument("--render", action="store_true", help="rewrite lm.md from lm.json without running anything")
   args = p.parse_args()
   if args.render:
@@ -57,9 +59,10 @@ def main():
   with tempfile.TemporaryDirectory() as cache:
     for split in args.splits.split(","):
       t0 = time.perf_counter()
-      reports[split] = lm_demo.run(split=split, world=args.world, cache_dir=cache, relearn=True, log=print)
+      reports[split] = lm_demo.run(split=split, world=args.world, cache_dir=cache, relearn=True, log=print,
+                                   select=args.select.split(",") if args.select else [])
       reports[split]["total_seconds"] = time.perf_counter() - t0
-  command = f"python benchmarks/lm_benchmark.py --splits {args.splits} --world {args.world}"
+  command = f"python benchmarks/lm_benchmark.py --splits {args.splits} --world {args.world} --select {args.select}"
   _common.write("lm", {"machine": m, "reports": reports, "command": command}, render(m, reports, command))
 
 
@@ -75,7 +78,12 @@ def render(m: dict, reports: dict, command: str) -> str:
               + f"; whole run {r['total_seconds']:.0f} s.", "",
               "| model | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, row in [("target", r["target"]), ("retain", r["retain"])] + list(r["methods"].items()):
-      lines.append(f"| {name} | " + " | ".join(_fmt(k, row[k]) if k in row else "" for k in COLUMNS) + " |")
+      cells = [_fmt(k, row[k]) if k in row else "" for k in COLUMNS]
+      if row.get("selected_step") is not None:  # checkpoint selection: the step whose parameters were kept
+        cells[COLUMNS.index("steps")] = f"{row['selected_step']} of {row['steps']}"
+      elif "stopped_at" in row:
+        cells[COLUMNS.index("steps")] = f"{row['steps']} (rule {'held' if row['stopped_at'] is not None else 'not met'})"
+      lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "A greedy answer of each model to the first forget question "
               f"({r['target']['sample']['question']!r}, truth {r['target']['sample']['answer']!r}):", ""]
     for name, row in [("target", r["target"]), ("retain", r["retain"])] + list(r["methods"].items()):
@@ -96,7 +104,11 @@ def render(m: dict, reports: dict, command: str) -> str:
             "second of unlearning. relearn_steps: the relearning attack, AdamW steps (lr 1e-3, batch 32) of fine-tuning on the "
             "forget authors' first ten attributes until ROUGE-L on their other ten questions is back at 0.9x the "
             "target's ('> 40': not within 40 steps; a model that never learned them, like the retain model, "
-            "should not get there).", ""]
+            "should not get there). steps: unlearning minibatches; for NAME+select rows, the step whose parameters "
+            "checkpoint selection kept (`Validation(holdout_gap(forget, validation text), every=one epoch, "
+            "select=\"best\")`: the epoch whose mean forget NLL is closest to that of fictitious authors of another "
+            "world, text the user holds at deletion time; never the retain model); for knowledge_unlearning, where "
+            "its stopping rule (forget MA and EL_10 at or below the validation text's) stopped it.", ""]
   return "\n".join(lines)
 
 

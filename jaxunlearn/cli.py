@@ -139,6 +139,9 @@ def _lm_parser(sub) -> None:
   p.add_argument("--no-cache", action="store_true", help="train everything, keep nothing")
   p.add_argument("--relearn", action="store_true",
                  help="also run the relearning attack on every model (about 20 s each on 2 CPU cores)")
+  p.add_argument("--select", default="",
+                 help="comma-separated methods to run again with checkpoint selection on a validation signal "
+                      "(rows NAME+select: the epoch whose forget NLL is closest to unseen text's)")
   p.add_argument("--json", dest="json_path", default=None, help="write the results as JSON to this path")
   p.add_argument("--plot", dest="plot_path", default=None,
                  help="write a PNG: model utility against forget quality (log scale)")

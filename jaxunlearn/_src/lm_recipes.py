@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn._src import lm_data, lm_losses
+from jaxunlearn._src import lm_data, lm_losses, lm_validation
 from jaxunlearn._src.ascent import gradient_ascent as _ascent_tx
 from jaxunlearn._src.ascent import gradient_difference as _difference_tx
 from jaxunlearn._src.base import path_mask, resolve_mask
@@ -73,6 +73,20 @@ def _in_dtype(fn, dtype):
     return fn(low, ids)
 
   return cast
+
+
+@functools.lru_cache(maxsize=64)
+def _optimizer(direction: tuple, learning_rate: float, weight_decay: float, steps: int,
+               accumulate: int = 1) -> optax.GradientTransformation:
+  """The method's direction (``("ascent",)``, ``("difference", w_f, w_r)`` or ``()``) chained with
+  ``_schedule``; one object per distinct setting, so that the jitted steps (cached by the
+  optimizer's identity) compile once and serve every later request of the same shapes."""
+  schedule = _schedule(learning_rate, weight_decay, steps, accumulate)
+  if not direction:
+    return schedule
+  if direction[0] == "ascent":
+    return optax.chain(_ascent_tx(), schedule)
+  return optax.chain(_difference_tx(forget_weight=direction[1], retain_weight=direction[2]), schedule)
 
 
 def _schedule(learning_rate: float, weight_decay: float, steps: int, accumulate: int = 1) -> optax.GradientTransformation:
@@ -144,26 +158,40 @@ def _device(b, sharding=None):
 
 
 def _drive(advance, params, state, forget, retain, *, epochs, batch_size, seed, progress, stats, forget_passes=1,
-           retain_passes=1, batch_sharding=None, **extra_stats):
+           retain_passes=1, batch_sharding=None, validation=None, **extra_stats):
   """Runs ``advance(params, state, forget minibatch, retain minibatch or None)`` over the epochs;
   counts the tokens through the model (``*_passes`` forward-backward passes per batch), reports
-  ``progress(step, steps)`` and fills ``stats``."""
+  ``progress(step, steps)`` and fills ``stats``. A ``Validation`` is checked on the starting
+  model, every ``validation.every`` steps and after the last; it may stop the run early and
+  chooses the parameters returned."""
   steps = epochs * -(-len(forget["input_ids"]) // batch_size)
-  tokens = 0
+  if validation is not None and not isinstance(validation, lm_validation.Validation):
+    raise TypeError(f"validation must be a jaxunlearn.lm.recipes.Validation, got {type(validation).__name__}.")
+  monitor = None if validation is None else lm_validation.Monitor(validation)
+  stopped = monitor is not None and monitor.check(0, params)
+  tokens, done = 0, 0
   for i, (fb, rb) in enumerate(_epochs(forget, retain, epochs=epochs, batch_size=batch_size, seed=seed)):
+    if stopped:
+      break
     params, state = advance(params, state, _device(fb, batch_sharding), _device(rb, batch_sharding))
     tokens += forget_passes * _tokens(fb) + (0 if rb is None else retain_passes * _tokens(rb))
+    done = i + 1
     if progress is not None:
-      progress(i + 1, steps)
+      progress(done, steps)
+    if monitor is not None and (done % validation.every == 0 or done == steps):
+      stopped = monitor.check(done, params)
   params = jax.block_until_ready(params)
+  extra = {}
+  if monitor is not None:
+    params, extra = monitor.result()
   if stats is not None:
-    stats.update(steps=steps, tokens=tokens, **extra_stats)
+    stats.update(steps=done, tokens=tokens, **extra_stats, **extra)
   return params
 
 
 def gradient_ascent(lm: Any, params: Any, *, forget: Batch, retain: Batch | None = None, seed: int = 0,
                     epochs: int = 10, batch_size: int = 32, learning_rate: float = 2e-4, weight_decay: float = 0.01,
-                    accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, stats: dict | None = None) -> Any:
+                    accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, validation: Any = None, stats: dict | None = None) -> Any:
   r"""Gradient ascent on the forget set's next-token NLL (TOFU's GradAscent; Jang et al. 2023):
   :math:`\theta \leftarrow \mathrm{AdamW}(-\nabla_\theta \mathrm{NLL}_{\mathrm{forget}})` with a
   linearly decaying learning rate. ``retain`` is not used.
@@ -180,16 +208,16 @@ def gradient_ascent(lm: Any, params: Any, *, forget: Batch, retain: Batch | None
   del retain
   forget = _check(forget, "forget")
   steps = epochs * -(-len(forget["input_ids"]) // batch_size)
-  tx = optax.chain(_ascent_tx(), _schedule(learning_rate, weight_decay, steps, accumulate))
+  tx = _optimizer(("ascent",), float(learning_rate), float(weight_decay), steps, accumulate)
   step = _ascent_step(_in_dtype(lm.logits_fn, compute_dtype), tx)
   return _drive(lambda p, st, fb, rb: step(p, st, fb), params, tx.init(params), forget, None, epochs=epochs,
-                batch_size=batch_size, seed=seed, progress=progress, stats=stats, batch_sharding=batch_sharding)
+                batch_size=batch_size, seed=seed, progress=progress, stats=stats, batch_sharding=batch_sharding, validation=validation)
 
 
 def gradient_difference(lm: Any, params: Any, *, forget: Batch, retain: Batch, seed: int = 0, epochs: int = 10,
                         batch_size: int = 32, learning_rate: float = 3e-4, weight_decay: float = 0.01,
                         retain_loss: str = "nll", forget_weight: float = 1.0, retain_weight: float = 3.0,
-                        accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, stats: dict | None = None) -> Any:
+                        accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, validation: Any = None, stats: dict | None = None) -> Any:
   r"""Gradient difference (TOFU's GradDiff): ascend the forget NLL while descending a retain term,
   :math:`u = w_r \nabla R - w_f \nabla \mathrm{NLL}_{\mathrm{forget}}` (``gradient_difference``)
   then AdamW. :math:`R` is the retain NLL (``retain_loss="nll"``) or the KL from the starting
@@ -203,12 +231,12 @@ def gradient_difference(lm: Any, params: Any, *, forget: Batch, retain: Batch, s
     raise ValueError(f"retain_loss must be 'nll' or 'kl', got {retain_loss!r}.")
   forget, retain = _check(forget, "forget"), _check(retain, "retain")
   steps = epochs * -(-len(forget["input_ids"]) // batch_size)
-  tx = optax.chain(_difference_tx(forget_weight=forget_weight, retain_weight=retain_weight),
-                   _schedule(learning_rate, weight_decay, steps, accumulate))
+  tx = _optimizer(("difference", float(forget_weight), float(retain_weight)), float(learning_rate), float(weight_decay), steps,
+                  accumulate)
   step = _difference_step(_in_dtype(lm.logits_fn, compute_dtype), tx, retain_loss)
   ref = params
   return _drive(lambda p, st, fb, rb: step(p, st, ref, fb, rb), params, tx.init(params), forget, retain,
-                epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, stats=stats, batch_sharding=batch_sharding,
+                epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, stats=stats, batch_sharding=batch_sharding, validation=validation,
                 retain_passes=2 if retain_loss == "kl" else 1)
 
 
@@ -271,7 +299,8 @@ def _reference_quantities(logits_fn, params, batch: dict, *, full_logits: bool, 
 
 
 def _preference(method: str, lm, params, *, forget, retain, seed, epochs, batch_size, learning_rate, weight_decay,
-                progress, stats, hyper: dict, idk=None, batch_sharding=None, accumulate=1, compute_dtype=None):
+                progress, stats, hyper: dict, idk=None, batch_sharding=None, accumulate=1, compute_dtype=None,
+                validation=None):
   forget = _check(forget, "forget")
   retain = _check(retain, "retain") if retain is not None and hyper.get("alpha") else None
   t0_ref = time.perf_counter()
@@ -287,16 +316,16 @@ def _preference(method: str, lm, params, *, forget, retain, seed, epochs, batch_
     forget["ref_logits"] = _reference_quantities(lm.logits_fn, params, forget, full_logits=True)
   reference_seconds = time.perf_counter() - t0_ref
   steps = epochs * -(-len(forget["input_ids"]) // batch_size)
-  tx = _schedule(learning_rate, weight_decay, steps, accumulate)
+  tx = _optimizer((), float(learning_rate), float(weight_decay), steps, accumulate)
   step = _reference_step(_in_dtype(lm.logits_fn, compute_dtype), tx, method, tuple(sorted(hyper.items())))
   return _drive(step, params, tx.init(params), forget, retain, epochs=epochs, batch_size=batch_size, seed=seed,
-                progress=progress, stats=stats, batch_sharding=batch_sharding, forget_passes=2 if method == "idkdpo" else 1,
+                progress=progress, stats=stats, batch_sharding=batch_sharding, validation=validation, forget_passes=2 if method == "idkdpo" else 1,
                 reference_seconds=reference_seconds)
 
 
 def npo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int = 0, epochs: int = 10,
         batch_size: int = 32, learning_rate: float = 5e-4, weight_decay: float = 0.01, beta: float = 0.1,
-        gamma: float = 1.0, alpha: float = 1.0, accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None,
+        gamma: float = 1.0, alpha: float = 1.0, accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, validation: Any = None,
         stats: dict | None = None) -> Any:
   r"""Negative preference optimisation with a retain term (Zhang et al., COLM 2024; open-unlearning's NPO):
 
@@ -310,13 +339,13 @@ def npo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int 
   """
   return _preference("npo", lm, params, forget=forget, retain=retain, seed=seed, epochs=epochs, batch_size=batch_size,
                      learning_rate=learning_rate, weight_decay=weight_decay, progress=progress, stats=stats,
-                     batch_sharding=batch_sharding, accumulate=accumulate, compute_dtype=compute_dtype, hyper={"beta": beta, "gamma": gamma, "alpha": alpha})
+                     batch_sharding=batch_sharding, validation=validation, accumulate=accumulate, compute_dtype=compute_dtype, hyper={"beta": beta, "gamma": gamma, "alpha": alpha})
 
 
 def simnpo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int = 0, epochs: int = 10,
            batch_size: int = 32, learning_rate: float = 2e-3, weight_decay: float = 0.01, beta: float = 4.5,
            delta: float = 0.0, gamma: float = 0.125, alpha: float = 1.0,
-           accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, stats: dict | None = None) -> Any:
+           accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, validation: Any = None, stats: dict | None = None) -> Any:
   r"""SimNPO (Fan et al., 2024): NPO without a reference model, on the length-normalised NLL,
 
   .. math:: \mathcal L = \gamma\,\operatorname{mean}_b\Big[-\tfrac{2}{\beta}\log\sigma\big(\beta\,
@@ -328,12 +357,12 @@ def simnpo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: i
   """
   return _preference("simnpo", lm, params, forget=forget, retain=retain, seed=seed, epochs=epochs,
                      batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay, progress=progress,
-                     stats=stats, batch_sharding=batch_sharding, accumulate=accumulate, compute_dtype=compute_dtype, hyper={"beta": beta, "delta": delta, "gamma": gamma, "alpha": alpha})
+                     stats=stats, batch_sharding=batch_sharding, validation=validation, accumulate=accumulate, compute_dtype=compute_dtype, hyper={"beta": beta, "delta": delta, "gamma": gamma, "alpha": alpha})
 
 
 def idkdpo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, idk: Batch, seed: int = 0, epochs: int = 10,
            batch_size: int = 32, learning_rate: float = 2e-4, weight_decay: float = 0.01, beta: float = 0.1,
-           gamma: float = 1.0, alpha: float = 1.0, accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None,
+           gamma: float = 1.0, alpha: float = 1.0, accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, validation: Any = None,
            stats: dict | None = None) -> Any:
   r"""IdkDPO (TOFU; Rafailov et al.'s DPO with a refusal as the preferred answer): row :math:`b` of
   ``idk`` holds forget row :math:`b`'s question with a refusal (``jaxunlearn.lm.data.idk_batch``);
@@ -346,12 +375,12 @@ def idkdpo(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, idk: Ba
   """
   return _preference("idkdpo", lm, params, forget=forget, retain=retain, seed=seed, epochs=epochs,
                      batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay, progress=progress,
-                     stats=stats, batch_sharding=batch_sharding, accumulate=accumulate, compute_dtype=compute_dtype, hyper={"beta": beta, "gamma": gamma, "alpha": alpha}, idk=idk)
+                     stats=stats, batch_sharding=batch_sharding, validation=validation, accumulate=accumulate, compute_dtype=compute_dtype, hyper={"beta": beta, "gamma": gamma, "alpha": alpha}, idk=idk)
 
 
 def undial(lm: Any, params: Any, *, forget: Batch, retain: Batch | None = None, seed: int = 0, epochs: int = 10,
            batch_size: int = 32, learning_rate: float = 2e-4, weight_decay: float = 0.01, beta: float = 10.0,
-           accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, stats: dict | None = None) -> Any:
+           accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, validation: Any = None, stats: dict | None = None) -> Any:
   r"""UNDIAL (Dong et al., NAACL 2025): self-distillation towards the starting model's next-token
   distribution with the true token's logit lowered by :math:`\beta` (``jaxunlearn.lm.losses.undial``),
   then AdamW. No retain term (open-unlearning's default); the starting model's logits on the forget
@@ -360,7 +389,7 @@ def undial(lm: Any, params: Any, *, forget: Batch, retain: Batch | None = None, 
   del retain
   return _preference("undial", lm, params, forget=forget, retain=None, seed=seed, epochs=epochs,
                      batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay, progress=progress,
-                     stats=stats, batch_sharding=batch_sharding, accumulate=accumulate, compute_dtype=compute_dtype, hyper={"beta": beta, "gamma": 1.0, "alpha": 0.0})
+                     stats=stats, batch_sharding=batch_sharding, validation=validation, accumulate=accumulate, compute_dtype=compute_dtype, hyper={"beta": beta, "gamma": 1.0, "alpha": 0.0})
 
 
 # -- RMU ---------------------------------------------------------------------------------------------
@@ -393,9 +422,19 @@ def _rmu_step(hidden_fn, tx, alpha: float):
   return step
 
 
+@functools.lru_cache(maxsize=32)
+def _rmu_optimizer(trainable: str, treedef, learning_rate, weight_decay, steps, accumulate):
+  """AdamW on the parameters whose path matches ``trainable``, zero updates elsewhere (one object
+  per setting and parameter structure, as ``_optimizer``)."""
+  selected = resolve_mask(path_mask(trainable), jax.tree.unflatten(treedef, [0] * treedef.num_leaves))
+  frozen = jax.tree.map(lambda m: not m, selected)
+  return optax.chain(optax.masked(_schedule(learning_rate, weight_decay, steps, accumulate), selected),
+                     optax.masked(optax.set_to_zero(), frozen))
+
+
 def rmu(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int = 0, epochs: int = 10,
         batch_size: int = 32, learning_rate: float = 3e-3, weight_decay: float = 0.0, steering: float = 2.0,
-        alpha: float = 1.0, trainable: str = "blocks/[0-9]+/mlp/down", accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None,
+        alpha: float = 1.0, trainable: str = "blocks/[0-9]+/mlp/down", accumulate: int = 1, compute_dtype: Any = None, progress: Callable[[int, int], None] | None = None, batch_sharding: Any = None, validation: Any = None,
         stats: dict | None = None) -> Any:
   r"""Representation misdirection for unlearning (RMU; Li et al., "The WMDP Benchmark", ICML 2024).
 
@@ -423,17 +462,16 @@ def rmu(lm: Any, params: Any, *, forget: Batch, retain: Batch | None, seed: int 
   forget = _check(forget, "forget")
   retain = _check(retain, "retain") if retain is not None and alpha else None
   try:
-    selected = resolve_mask(path_mask(trainable), params)
+    resolve_mask(path_mask(trainable), params)  # a regex that selects nothing is refused here, by name
   except ValueError as err:  # names every parameter path
     raise ValueError(f"rmu: trainable={trainable!r} selects no parameter ({err})") from None
   dim = int(hidden_fn(params, jnp.asarray(forget["input_ids"][:1])).shape[-1])
   u = np.random.default_rng(seed).uniform(size=dim)
   control = jnp.asarray(steering * u / np.linalg.norm(u), jnp.float32)
   steps = epochs * -(-len(forget["input_ids"]) // batch_size)
-  frozen_mask = jax.tree.map(lambda m: not m, selected)
-  tx = optax.chain(optax.masked(_schedule(learning_rate, weight_decay, steps, accumulate), selected),
-                   optax.masked(optax.set_to_zero(), frozen_mask))
+  tx = _rmu_optimizer(trainable, jax.tree.structure(params), float(learning_rate), float(weight_decay), steps,
+                      accumulate)
   step = _rmu_step(_in_dtype(hidden_fn, compute_dtype), tx, float(alpha))
   frozen = params
   return _drive(lambda p, st, fb, rb: step(p, st, frozen, control, fb, rb), params, tx.init(params), forget, retain,
-                epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, stats=stats, batch_sharding=batch_sharding, retain_passes=2)
+                epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, stats=stats, batch_sharding=batch_sharding, validation=validation, retain_passes=2)

@@ -175,7 +175,8 @@ def run_lm_demo(args) -> int:
   start = time.perf_counter()
   with progress_bar(console, "lm demo") as bar:
     report = lm_demo.run(split=args.forget, methods=methods, world=args.world, seed=args.seed, cache_dir=cache,
-                         relearn=args.relearn, log=lambda msg: console.print(f"  {msg}", style="dim"), progress=bar)
+                         relearn=args.relearn, select=methods_lib.parse(args.select, task="lm") if args.select else [],
+                         log=lambda msg: console.print(f"  {msg}", style="dim"), progress=bar)
   table = Table(title=f"Language-model unlearning on the generated TOFU-like world: {args.forget} "
                       f"({report['forget_authors']} of {report['authors']} authors)")
   for col in ("model", "forget quality", "model utility", "forget truth ratio", "forget ROUGE-L", "privleak %",

@@ -3,9 +3,14 @@
 from jaxunlearn._src.lm_recipes import gradient_ascent
 from jaxunlearn._src.lm_recipes import gradient_difference
 from jaxunlearn._src.lm_recipes import idkdpo
+from jaxunlearn._src.lm_knowledge import StoppingRuleWarning
+from jaxunlearn._src.lm_knowledge import knowledge_unlearning
+from jaxunlearn._src.lm_validation import Validation
+from jaxunlearn._src.lm_validation import holdout_gap
 from jaxunlearn._src.lm_recipes import npo
 from jaxunlearn._src.lm_recipes import rmu
 from jaxunlearn._src.lm_recipes import simnpo
 from jaxunlearn._src.lm_recipes import undial
 
-__all__ = ("gradient_ascent", "gradient_difference", "idkdpo", "npo", "rmu", "simnpo", "undial")
+__all__ = ("StoppingRuleWarning", "Validation", "gradient_ascent", "gradient_difference", "holdout_gap", "idkdpo",
+           "knowledge_unlearning", "npo", "rmu", "simnpo", "undial")
