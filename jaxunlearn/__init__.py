@@ -30,8 +30,10 @@ from jaxunlearn._src.reset import layer_reset
 from jaxunlearn._src.reset import prune_smallest
 from jaxunlearn._src.reset import reset_params
 from jaxunlearn._src.ssd import SSDState
+from jaxunlearn._src.ssd import SSDWarning
 from jaxunlearn._src.ssd import selective_synaptic_dampening
 from jaxunlearn._src.ssd import ssd_dampen
+from jaxunlearn._src.ssd import ssd_selection
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,7 @@ __all__ = (
     "GradientDifferenceState",
     "LayerResetState",
     "SSDState",
+    "SSDWarning",
     "add_gaussian_noise",
     "data",
     "fisher_diagonal",
@@ -63,5 +66,6 @@ __all__ = (
     "reset_params",
     "selective_synaptic_dampening",
     "ssd_dampen",
+    "ssd_selection",
     "training",
 )

@@ -80,3 +80,32 @@ def test_ssd_in_a_chain_dampens_what_the_preceding_transforms_produced():
   # The states are optax's EmptyState, under the public names.
   assert ju.SSDState is optax.EmptyState and ju.GradientAscentState is optax.EmptyState
   assert isinstance(ju.gradient_difference().init(params), optax.EmptyState)
+
+
+def test_ssd_reports_its_selection_and_warns_when_it_selects_nothing():
+  rng = np.random.default_rng(7)
+  params = {"a": jnp.asarray(rng.normal(size=(5, 6)), jnp.float32), "b": jnp.asarray(rng.normal(size=4), jnp.float32)}
+  i_f = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.exponential(size=x.shape) * 4, jnp.float32), params)
+  i_d = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.exponential(size=x.shape), jnp.float32), params)
+  f64 = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(i_f)]
+  d64 = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(i_d)]
+  largest = max(float(np.max(f / d)) for f, d in zip(f64, d64))
+  for alpha in (0.5, 3.0, 20.0):
+    got = ju.ssd_selection(i_f, i_d, alpha=alpha)
+    assert got["selected"] == sum(int(np.sum(f > alpha * d)) for f, d in zip(f64, d64))
+    assert got["parameters"] == 34 and got["largest_ratio"] == pytest.approx(largest, rel=1e-6)
+  with pytest.warns(ju.SSDWarning, match="selects no parameter"):
+    same = ju.ssd_dampen(params, i_f, i_d, alpha=largest * 1.01, dampening=1.0)
+  for a, b in zip(jax.tree_util.tree_leaves(same), jax.tree_util.tree_leaves(params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # Forgetting one digit class of ten: I_f / I_D cannot exceed n / n_forget, so the paper's alpha = 10
+  # selects (almost) nothing; the recipe reports it.
+  train, _ = ju.data.load("digits")
+  forget, retain = ju.data.split_forget(train, ju.data.class_ids(train, 3))
+  apply, p0 = ju.models.create("mlp", train.input_shape, 10, key=jax.random.key(0))
+  loss = ju.losses.cross_entropy_loss(apply)
+  stats = {}
+  ju.recipes.ssd(loss, p0, forget=forget, retain=retain, stats=stats)
+  assert stats["selected"] > 0 and stats["largest_ratio"] <= len(train) / len(forget) * (1 + 1e-5)
+  with pytest.warns(ju.SSDWarning):
+    ju.recipes.ssd(loss, p0, forget=forget, retain=retain, alpha=len(train) / len(forget) * 1.01)

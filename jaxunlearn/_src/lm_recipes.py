@@ -19,6 +19,16 @@ allows; the learning-rate schedule counts optimizer updates.
 parameters cast to it, while the master parameters, gradients and optimizer state keep their dtype
 (float32). The reference quantities are computed in the parameters' own dtype.
 
+``validation``: a ``Validation`` (``jaxunlearn.lm.recipes.Validation``) checked on the starting
+model, every ``validation.every`` minibatches and after the last: it stops the run once its signal
+is at or below ``target`` and returns the parameters of the best (or the last) check; its history
+goes to ``stats["validation"]``, with ``selected_step`` and ``stopped_at``. The signal is one the
+user has at deletion time (``holdout_gap``: forget NLL against held-out text's), never the retain
+model.
+
+The compiled steps are cached per model function and setting: a second request of the same
+shapes and hyper-parameters does not compile again.
+
 Sharding: pass parameters placed on a mesh (``jaxunlearn.lm.sharding.shard_params``, FSDP-style)
 and ``batch_sharding`` (``sharding.batch_sharding(mesh)``) for the minibatches; the jitted steps
 follow those shardings and the optimizer state is sharded like the parameters. ``batch_size`` must

@@ -35,7 +35,7 @@ from jaxunlearn._src.base import LossFn, Mask, Params, PRNGKey
 from jaxunlearn._src.importance import fisher_diagonal
 from jaxunlearn._src.microbatch import batch_grad, check_micro_batch
 from jaxunlearn._src.reset import reset_params
-from jaxunlearn._src.ssd import SSD_ALPHA, ssd_dampen
+from jaxunlearn._src.ssd import SSD_ALPHA, ssd_dampen, ssd_selection
 
 Data = Any  # a Dataset, or a dict of arrays {"x", "y"[, "ids"]}
 
@@ -182,11 +182,13 @@ def _union(forget: data_lib.Dataset, retain: data_lib.Dataset) -> data_lib.Datas
 def ssd(
     loss_fn: LossFn, params: Params, *, forget: Data, retain: Data, seed: int | None = None,
     alpha: float = SSD_ALPHA, dampening: float = 1.0, batch_size: int = 64, per_example: bool = True,
-    full: Data | None = None,
+    full: Data | None = None, stats: dict | None = None,
 ) -> Params:
   r"""Selective Synaptic Dampening (Foster et al., AAAI 2024): diagonal Fisher importances on the
   forget set (:math:`I_f`) and on all training data (:math:`I_D`, default ``forget ∪ retain``),
-  then ``ssd_dampen``.
+  then ``ssd_dampen``. ``stats``, if given a dict, receives ``ssd_selection``'s numbers: how many
+  parameters were dampened and the largest ratio :math:`I_f / I_D`; when none is selected,
+  ``SSDWarning`` says so (the model would come back unchanged).
 
   ``alpha`` = 5 (``SSD_ALPHA``, shared with the transform) rather than the paper's 10: with :math:`I_D` computed over data that contain the
   forget set, :math:`I_f / I_D \le n / n_f` for every parameter, about 10 when forgetting one class
@@ -197,6 +199,8 @@ def ssd(
   full = _union(forget, _required(retain, "retain", "ssd")) if full is None else _required(full, "full", "ssd")
   i_f = fisher_diagonal(loss_fn, params, forget, batch_size=batch_size, per_example=per_example)
   i_d = fisher_diagonal(loss_fn, params, full, batch_size=batch_size, per_example=per_example)
+  if stats is not None:
+    stats.update(ssd_selection(i_f, i_d, alpha=alpha))
   return ssd_dampen(params, i_f, i_d, alpha=alpha, dampening=dampening)
 
 

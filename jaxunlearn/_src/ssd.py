@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +59,10 @@ def ssd_dampen(
     ValueError: mismatched structures or shapes, non-finite or negative importances (checked on
       concrete values), ``alpha <= 0`` or ``dampening <= 0``.
 
+  Warns:
+    SSDWarning: ``alpha`` selects no parameter (called outside ``jit``): the parameters come back
+      unchanged. ``ssd_selection`` gives the count and the largest ratio beforehand.
+
   Example:
     >>> import jax.numpy as jnp
     >>> import jaxunlearn
@@ -72,22 +77,75 @@ def ssd_dampen(
   _check_importance(params, forget_importance, "forget_importance")
   _check_importance(params, full_importance, "full_importance")
 
-  return _dampen(params, forget_importance, full_importance, jnp.float32(alpha), jnp.float32(dampening))
+  out, selected, largest = _dampen(params, forget_importance, full_importance, jnp.float32(alpha),
+                                   jnp.float32(dampening))
+  if is_concrete(selected) and int(selected) == 0:  # under jit nothing can be said on the host
+    warnings.warn(
+        f"ssd_dampen: alpha={alpha} selects no parameter, the model is returned unchanged: the largest importance "
+        f"ratio I_f / I_D is {float(largest):.3g}. With I_D computed over data that contain the forget set the ratio "
+        "cannot exceed n / n_forget (about 10 when one class of ten is forgotten); choose alpha below the largest "
+        "ratio (ssd_selection reports it).", SSDWarning, stacklevel=2)
+  return out
+
+
+class SSDWarning(UserWarning):
+  """Selective Synaptic Dampening selected no parameter (its alpha is above every importance ratio)."""
+
+
+def ssd_selection(forget_importance: Params, full_importance: Params, *, alpha: float) -> dict[str, float]:
+  r"""What ``ssd_dampen`` with ``alpha`` would select: ``{"selected": how many scalar parameters
+  have :math:`I_f > \alpha I_D`, "parameters": how many there are, "largest_ratio": the largest
+  :math:`I_f / I_D` (over parameters with :math:`I_D > 0`; infinite if some :math:`I_f > 0 = I_D`)}``.
+  Any alpha at or above ``largest_ratio`` selects nothing.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import jaxunlearn
+    >>> jaxunlearn.ssd_selection({"w": jnp.array([1.0, 20.0, 3.0])}, {"w": jnp.ones(3)}, alpha=5.0)
+    {'selected': 1, 'parameters': 3, 'largest_ratio': 20.0}
+  """
+  check_positive(alpha, name="alpha")
+  check_same_structure(forget_importance, full_importance, ref_name="forget_importance", other_name="full_importance")
+  selected, largest = _selection(forget_importance, full_importance, jnp.float32(alpha))
+  count = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(forget_importance))
+  return {"selected": int(selected), "parameters": count, "largest_ratio": float(largest)}
+
+
+def _leaf_selection(i_f, i_d, alpha):
+  i_f, i_d = i_f.astype(jnp.float32), i_d.astype(jnp.float32)
+  ratio = jnp.where(i_d > 0, i_f / jnp.where(i_d > 0, i_d, 1.0), jnp.where(i_f > 0, jnp.inf, 0.0))
+  return i_f > alpha * i_d, jnp.max(ratio, initial=0.0)
+
+
+def _totals(pairs):
+  selected = sum(jnp.sum(sel, dtype=jnp.int32) for sel, _ in pairs)
+  largest = jnp.max(jnp.stack([m for _, m in pairs])) if pairs else jnp.float32(0)
+  return selected, largest
+
+
+@jax.jit
+def _selection(forget_importance, full_importance, alpha):
+  pairs = [_leaf_selection(f, d, alpha) for f, d in zip(jax.tree_util.tree_leaves(forget_importance),
+                                                          jax.tree_util.tree_leaves(full_importance))]
+  return _totals(pairs)
 
 
 @jax.jit
 def _dampen(params, forget_importance, full_importance, alpha, dampening):
-  # One compiled program for the whole tree (op-by-op dispatch cost ~4 ms on a small MLP).
+  # One compiled program for the whole tree (op-by-op dispatch cost ~4 ms on a small MLP); it also
+  # counts the selected parameters and the largest ratio, for the warning.
+  pairs = []
+
   def leaf(p, i_f, i_d):
-    i_f = i_f.astype(jnp.float32)
-    i_d = i_d.astype(jnp.float32)
-    selected = i_f > alpha * i_d
-    safe_f = jnp.where(i_f > 0, i_f, 1.0)
-    beta = jnp.minimum(dampening * i_d / safe_f, 1.0)
+    selected, largest = _leaf_selection(i_f, i_d, alpha)
+    pairs.append((selected, largest))
+    safe_f = jnp.where(i_f > 0, i_f.astype(jnp.float32), 1.0)
+    beta = jnp.minimum(dampening * i_d.astype(jnp.float32) / safe_f, 1.0)
     scaled = (p.astype(jnp.float32) * beta).astype(p.dtype)
     return jnp.where(selected, scaled, p)
 
-  return jax.tree_util.tree_map(leaf, params, forget_importance, full_importance)
+  out = jax.tree_util.tree_map(leaf, params, forget_importance, full_importance)
+  return (out, *_totals(pairs))
 
 
 # Stateless: optax's EmptyState (the public name is kept as an alias).
