@@ -79,9 +79,9 @@ def render(m: dict, reports: dict, command: str) -> str:
               "| model | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, row in [("target", r["target"]), ("retain", r["retain"])] + list(r["methods"].items()):
       cells = [_fmt(k, row[k]) if k in row else "" for k in COLUMNS]
-      if row.get("selected_step") is not None:  # checkpoint selection: the step whose parameters were kept
+      if name.endswith("+select"):  # checkpoint selection: the step whose parameters were kept
         cells[COLUMNS.index("steps")] = f"{row['selected_step']} of {row['steps']}"
-      elif "stopped_at" in row:
+      elif "stopped_at" in row:  # a stopping rule (knowledge unlearning)
         cells[COLUMNS.index("steps")] = f"{row['steps']} (rule {'held' if row['stopped_at'] is not None else 'not met'})"
       lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "A greedy answer of each model to the first forget question "

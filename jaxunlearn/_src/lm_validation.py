@@ -223,34 +223,45 @@ def _causal_fill(logits_fn, first: int):
   return fill
 
 
+def _round_up(x: int, multiple: int = 16) -> int:
+  return -(-x // multiple) * multiple
+
+
 def _continuations(lm: Any, params, prompts: list[np.ndarray], totals: list[int]) -> list[np.ndarray]:
   """Greedy continuation of every prompt to its ``total`` tokens (never stopped at EOS): the
   reference decoder's KV cache when ``lm`` is one, else one full forward pass per position of
-  ``lm.logits_fn``. Every chunk has one shape (rows repeated to fill it, one prompt width, one
-  number of new tokens), so a batch compiles one program."""
+  ``lm.logits_fn``. Prompts are sorted by how many tokens they need and chunked; each chunk's
+  shapes (rows, prompt width, new tokens) are rounded up (rows repeated, widths to multiples of
+  16), so that a batch compiles a few programs and no chunk generates far more than it needs."""
   cached = isinstance(lm, lm_models.LM) and lm.graphdef is not None
-  width, longest = max(len(p) for p in prompts), max(totals)
-  shortest = min(len(p) for p in prompts)
+  need = np.array([t - len(p) for p, t in zip(prompts, totals)])
+  order = np.argsort(need, kind="stable")
   chunk = min(GENERATION_CHUNK, len(prompts))
-  out = []
+  out: list[np.ndarray | None] = [None] * len(prompts)
   for at in range(0, len(prompts), chunk):
-    rows = list(range(at, min(at + chunk, len(prompts))))
-    rows += [rows[-1]] * (chunk - len(rows))
+    rows = list(order[at:at + chunk])
+    real = len(rows)
+    rows += [rows[-1]] * (chunk - real)
     if cached:
+      width = _round_up(max(len(prompts[r]) for r in rows))
+      new_tokens = _round_up(int(max(need[r] for r in rows)))
       ids = np.zeros((chunk, width), np.int32)
       mask = np.zeros((chunk, width), np.int32)
       for j, r in enumerate(rows):  # left-padded: the model's positions count real tokens only
         ids[j, width - len(prompts[r]):], mask[j, width - len(prompts[r]):] = prompts[r], 1
-      new = np.asarray(lm_models.generate(lm, params, ids, mask, max_new_tokens=longest - shortest, eos_id=-1))
-      done = [np.concatenate([prompts[r], new[j, :totals[r] - len(prompts[r])]]) for j, r in enumerate(rows)]
+      new = np.asarray(lm_models.generate(lm, params, ids, mask, max_new_tokens=new_tokens, eos_id=-1))
+      for j, r in enumerate(rows[:real]):
+        out[r] = np.concatenate([prompts[r], new[j, :need[r]]])
     else:
+      longest = _round_up(max(totals[r] for r in rows))
+      first = max(1, min(len(prompts[r]) for r in rows) // 16 * 16)  # earlier is harmless: prompts are kept
       buf = np.zeros((chunk, longest), np.int32)
       start = np.array([len(prompts[r]) for r in rows], np.int32)
       for j, r in enumerate(rows):
         buf[j, :len(prompts[r])] = prompts[r]
-      filled = np.asarray(_causal_fill(lm.logits_fn, shortest)(params, jnp.asarray(buf), jnp.asarray(start)))
-      done = [filled[j, :totals[r]] for j, r in enumerate(rows)]
-    out += done[: min(chunk, len(prompts) - at)]
+      filled = np.asarray(_causal_fill(lm.logits_fn, first)(params, jnp.asarray(buf), jnp.asarray(start)))
+      for j, r in enumerate(rows[:real]):
+        out[r] = filled[j, :totals[r]]
   return out
 
 
