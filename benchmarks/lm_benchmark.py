@@ -66,6 +66,16 @@ def main():
   _common.write("lm", {"machine": m, "reports": reports, "command": command}, render(m, reports, command))
 
 
+def _demo_share(r: dict) -> str:
+  """What `jaxunlearn lm demo` (no attack, no +select rows) would have taken of this run."""
+  if "relearn_seconds" not in r:
+    return ""
+  extra = r["relearn_seconds"] + sum(row["seconds"] + row.get("evaluation_seconds", 0.0)
+                                     for name, row in r["methods"].items() if name.endswith("+select"))
+  return (f", of which the relearning attack {r['relearn_seconds']:.0f} s and the +select rows "
+          f"{extra - r['relearn_seconds']:.0f} s: `jaxunlearn lm demo` itself about {r['total_seconds'] - extra:.0f} s")
+
+
 def render(m: dict, reports: dict, command: str) -> str:
   lines = ["# Language-model unlearning on the generated TOFU-like world", "",
            _common.machine_line(m), "",
@@ -75,7 +85,7 @@ def render(m: dict, reports: dict, command: str) -> str:
               "", f"Model: reference decoder, d_model {r['model']['d_model']}, {r['model']['n_layers']} layers, "
               f"{r['model']['parameters']:,} parameters. Training seconds: "
               + ", ".join(f"{k} {v['seconds']:.0f}" for k, v in r["training"].items())
-              + f"; whole run {r['total_seconds']:.0f} s.", "",
+              + f"; whole run {r['total_seconds']:.0f} s" + _demo_share(r) + ".", "",
               "| model | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, row in [("target", r["target"]), ("retain", r["retain"])] + list(r["methods"].items()):
       cells = [_fmt(k, row[k]) if k in row else "" for k in COLUMNS]

@@ -158,7 +158,8 @@ def run_config(cfg: models.DecoderConfig, forget, retain, *, reps: int) -> dict:
     first[name] = time.perf_counter() - s
   times = _common.interleaved(jobs, reps, warm_up=False)
   flops = step_flops(lm, params, forget, retain)
-  out = {"parameters": int(sum(x.size for x in jax.tree.leaves(params))), "logits_gap": gap,
+  passes = forward_backward(lm, params, tmodel, tp, cfg, forget, reps=max(reps, 5))
+  out = {"parameters": int(sum(x.size for x in jax.tree.leaves(params))), "logits_gap": gap, "passes": passes,
          "seconds_total": time.perf_counter() - t0, "jobs": {}}
   for name, seconds in times.items():
     method = name.split()[1]
@@ -166,6 +167,32 @@ def run_config(cfg: models.DecoderConfig, forget, retain, *, reps: int) -> dict:
     out["jobs"][name] = {"seconds": seconds, "first_call_seconds": first[name], "tokens": tok,
                          "tokens_per_s": tok / seconds, "gflops_per_s": flops[method] * len(pairs) / seconds / 1e9}
   return out
+
+
+def forward_backward(lm, params, tmodel, tp, cfg, forget, *, reps: int) -> dict:
+  """Where the time goes: milliseconds of the forget NLL's forward pass alone and of forward +
+  backward (the gradient of every parameter), one minibatch, each framework, interleaved."""
+  fb = {k: jnp.asarray(v[:BATCH]) for k, v in forget.items()}
+  loss = lambda p: losses.nll(lm.logits_fn(p, fb["input_ids"]), fb["labels"])  # noqa: E731
+  fwd, grad = jax.jit(loss), jax.jit(jax.grad(loss))
+  ids, labels = torch.tensor(forget["input_ids"][:BATCH], dtype=torch.long), torch.tensor(forget["labels"][:BATCH],
+                                                                                          dtype=torch.long)
+  trainable = torch_lm.copy_params(tp)
+  model = torch_lm.Decoder(trainable, n_layers=cfg.n_layers, n_heads=cfg.n_heads, rope_base=cfg.rope_base)
+
+  def torch_forward():
+    with torch.no_grad():
+      torch_lm.mean_nll(tmodel.logits(ids), labels)
+
+  def torch_grad():
+    for v in trainable.values():
+      v.grad = None
+    torch_lm.mean_nll(model.logits(ids), labels).backward()
+
+  times = _common.interleaved({"jax forward": lambda: jax.block_until_ready(fwd(params)),
+                               "jax forward+backward": lambda: jax.block_until_ready(grad(params)),
+                               "torch forward": torch_forward, "torch forward+backward": torch_grad}, reps)
+  return {k: 1000 * v for k, v in times.items()}
 
 
 def step_flops(lm, params, forget, retain) -> dict:
@@ -181,10 +208,21 @@ def step_flops(lm, params, forget, retain) -> dict:
   graddiff = cost(lambda p: jax.grad(lambda q: nll(q, rb) - nll(q, fb))(p), params)
   npo = cost(lambda p: jax.grad(lambda q: losses.sequence_nll(lm.logits_fn(q, fb["input_ids"]), fb["labels"]).mean()
                                 + nll(q, rb))(p), params)
-  rmu = cost(lambda p: jax.grad(lambda q: jnp.mean(lm.hidden_fn(q, fb["input_ids"]) ** 2)
-                                + jnp.mean((lm.hidden_fn(q, rb["input_ids"])
-                                            - jax.lax.stop_gradient(lm.hidden_fn(params, rb["input_ids"]))) ** 2))(p),
-             params)
+  # RMU trains the selected down-projections only: gradients for those (PyTorch computes no others).
+  layer = lm.config.hidden_layer
+
+  def with_down(p, downs):
+    blocks = {**p["blocks"], **{i: {**p["blocks"][i], "mlp": {**p["blocks"][i]["mlp"], "down": d}}
+                                for i, d in downs.items()}}
+    return {**p, "blocks": blocks}
+
+  def rmu_loss(downs, p):
+    q = with_down(p, downs)
+    return (jnp.mean(lm.hidden_fn(q, fb["input_ids"]) ** 2)
+            + jnp.mean((lm.hidden_fn(q, rb["input_ids"]) - jax.lax.stop_gradient(lm.hidden_fn(p, rb["input_ids"]))) ** 2))
+
+  downs = {i: params["blocks"][i]["mlp"]["down"] for i in range(layer + 1)}
+  rmu = cost(lambda d, p: jax.grad(rmu_loss)(d, p), downs, params)
   return {"graddiff": graddiff, "npo": npo, "rmu": rmu}
 
 
@@ -217,7 +255,12 @@ def render(payload: dict) -> str:
         lines.append(f"| {name} | {j['tokens_per_s']:,.0f} | {t['tokens_per_s']:,.0f} | "
                      f"{j['tokens_per_s'] / t['tokens_per_s']:.2f}x | {j['gflops_per_s'] / peak:.1%} | "
                      f"{t['gflops_per_s'] / peak:.1%} | {j['first_call_seconds']:.1f} |")
-    lines.append("")
+    ms = r["passes"]
+    lines += ["", f"Where the time goes (one minibatch of the forget NLL, ms): forward JAX {ms['jax forward']:.1f}, "
+              f"PyTorch {ms['torch forward']:.1f}; forward + backward JAX {ms['jax forward+backward']:.1f}, PyTorch "
+              f"{ms['torch forward+backward']:.1f} (backward / forward: JAX "
+              f"{ms['jax forward+backward'] / ms['jax forward'] - 1:.1f}x, PyTorch "
+              f"{ms['torch forward+backward'] / ms['torch forward'] - 1:.1f}x).", ""]
   lines += ["Tokens: non-padding tokens through forward and backward passes per second of a whole call (the JAX "
             "recipe's host-to-device transfers and, for NPO, its reference pass included). MFU: XLA's FLOP count of "
             "the step times the steps, per second, over the matmul peak; the same count serves the PyTorch side (the "
