@@ -54,6 +54,13 @@ def test_extraction_likelihood_batch_equals_jangs_definition_on_generations_buil
     expected = metrics.extraction_likelihood([gens], [x], n=4)[0]
     assert got[r] == pytest.approx(expected, rel=1e-12)
   assert 0 < got[0] < 1 and got[1] < got[0]  # a break in the run costs the n-grams across it
+  # The sequence ends at its last scored token: without an attention mask the padding is not read.
+  bare = {"input_ids": batch["input_ids"], "labels": batch["labels"]}
+  np.testing.assert_array_equal(metrics.extraction_likelihood_batch(lm, params, bare, n=4), got)
+  holed = {**batch, "attention_mask": batch["attention_mask"].copy()}
+  holed["attention_mask"][1, 5] = 0
+  with pytest.raises(ValueError, match="row 1"):
+    metrics.extraction_likelihood_batch(lm, params, holed, n=4)
 
 
 def test_cached_and_uncached_continuations_agree_with_a_greedy_loop():

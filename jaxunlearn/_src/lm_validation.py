@@ -179,20 +179,23 @@ def memorization(lm: Any, params, batch: dict) -> np.ndarray:
 
 
 def _prefixes(batch: dict, n: int, name: str = "batch") -> list[tuple[np.ndarray, int, int] | None]:
-  """Per row ``(x, start, stop)`` (``None`` if it scores nothing): the real tokens ``x`` and the prefix lengths ``i`` from the
-  first scored position ``s`` to ``len(x) - n`` (so that ``x[i:]`` holds an n-gram)."""
+  """Per row ``(x, start, stop)`` (``None`` if it scores nothing): the sequence ``x`` up to its
+  last scored token (padding after it is never part of it, with or without an attention mask),
+  and the prefix lengths ``i`` from the first scored position ``s`` to ``len(x) - n`` (so that
+  ``x[i:]`` holds an n-gram)."""
   ids, labels = np.asarray(batch["input_ids"]), np.asarray(batch["labels"])
-  mask = np.asarray(batch.get("attention_mask", np.ones_like(ids)))
+  mask = batch.get("attention_mask")
   rows = []
   for r in range(len(ids)):
-    length = int(mask[r].sum())
-    if not np.all(mask[r, :length] == 1):
-      raise ValueError(f"extraction likelihood needs right-padded rows; {name} row {r}'s attention mask has holes.")
-    scored = np.flatnonzero(labels[r, 1:length] != lm_losses.IGNORE) + 1
+    scored = np.flatnonzero(labels[r, 1:] != lm_losses.IGNORE) + 1
     if scored.size == 0:
       rows.append(None)
       continue
-    start, stop = int(scored[0]), length - n
+    start, length = int(scored[0]), int(scored[-1]) + 1
+    if mask is not None and not np.all(np.asarray(mask)[r, :length] == 1):
+      raise ValueError(f"extraction likelihood needs right-padded rows; {name} row {r}'s attention mask is 0 before "
+                       "its last scored token.")
+    stop = length - n
     if stop < start:
       raise ValueError(f"{name} row {r} scores {length - start} tokens, fewer than n + 1 = {n + 1}: it has no {n}-gram "
                        "beyond its first prefix.")
@@ -271,7 +274,7 @@ def extraction_likelihood(lm: Any, params, batch: dict, *, n: int = 10) -> np.nd
   .. math:: \mathrm{EL}_n(x) = \frac{1}{|I|}\sum_{i \in I}
      \mathrm{overlap}_n\big(f(x_{<i}),\, x_{\ge i}\big), \quad I = \{s, \dots, L - n\},
 
-  :math:`L` the row's length, :math:`s` its first scored position (1 for ``text_batch`` rows, which
+  :math:`L` the row's length up to its last scored token, :math:`s` its first scored position (1 for ``text_batch`` rows, which
   is Jang et al.'s definition; the answer's first token for QA rows, so that the question is the
   fixed context), :math:`f(x_{<i})` the greedy continuation of the prefix to :math:`L - i` tokens
   and :math:`\mathrm{overlap}_n(a, b)` the fraction of :math:`b`'s n-grams found among :math:`a`'s.
