@@ -44,8 +44,8 @@ def knowledge_unlearning(lm: Any, params: Any, *, forget: dict, retain: dict | N
 
   Defaults: Adam betas (0.9, 0.98), a constant learning rate, n = 10 (Jang et al.'s); learning
   rate 5e-4 rather than their 5e-5 (which they used on GPT-Neo 125M-2.7B), not swept: chosen for
-  the package's small benchmark model, where the rule then holds after 2 epochs on forget01 and
-  forget10 (``benchmarks/results/lm.md``). ``epochs`` is a ceiling: if the rule has not held by then,
+  the package's small benchmark model, where the rule then holds after 6 minibatches on forget01
+  (6 epochs) and on forget10 (2 epochs; ``benchmarks/results/lm.md``). ``epochs`` is a ceiling: if the rule has not held by then,
   ``StoppingRuleWarning`` says so and the last parameters are returned. ``retain`` is not used
   (the method has no retain term). ``stats`` receives the thresholds, each check's MA and EL
   (``validation``), ``stopped_at`` and ``steps``.
