@@ -98,7 +98,8 @@ def run(*, split: str = "forget10", methods: list[str] | None = None, world: str
   # not the holdout authors of the membership attack), as many as the split forgets.
   other = lm_world.generate(lm_world.WorldConfig.preset(world, seed + 1_000_003))
   vq = other.holdout_qa(split)
-  validation = lm_data.qa_batch([q.question for q in vq], [q.answer for q in vq], length=models.length)
+  vquestions, vanswers = [q.question for q in vq], [q.answer for q in vq]
+  validation = lm_data.qa_batch(vquestions, vanswers, length=lm_data.length_for(vquestions, vanswers))
   context = {"idk": lm_data.idk_batch([q.question for q in fq], w.idk, seed=seed, length=models.length),
              "holdout": validation}
   gap = lm_validation.holdout_gap(lm, forget, validation) if select else None
