@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jaxunlearn._src import lane_recipes, lm_knowledge, lm_recipes, recipes
+from jaxunlearn._src import lane_recipes, lm_knowledge, lm_recipes, lm_rmu, recipes
 
 # Arguments of a recipe that are not hyper-parameters: the data, the seed, and what a user may
 # pass to override a default derived from the others.
@@ -173,7 +173,7 @@ for _name, _summary, _citation, _recipe, _needs in (
     ("undial", "self-distil towards the start with the true token's logit lowered",
      "Dong et al., 'UNDIAL: Self-Distillation with Adjusted Logits', NAACL 2025", lm_recipes.undial, ()),
     ("rmu", "steer a layer's activations on forget tokens to a random vector, keep them on retain tokens",
-     "Li et al., 'The WMDP Benchmark' (RMU), ICML 2024", lm_recipes.rmu, ()),
+     "Li et al., 'The WMDP Benchmark' (RMU), ICML 2024", lm_rmu.rmu, ()),
     ("knowledge_unlearning", "gradient ascent until forget memorisation and extraction fall below held-out text's",
      "Jang et al., 'Knowledge Unlearning for Mitigating Privacy Risks in Language Models', ACL 2023",
      lm_knowledge.knowledge_unlearning, ("holdout",)),

@@ -8,7 +8,7 @@ from jaxunlearn._src.lm_knowledge import knowledge_unlearning
 from jaxunlearn._src.lm_validation import Validation
 from jaxunlearn._src.lm_validation import holdout_gap
 from jaxunlearn._src.lm_recipes import npo
-from jaxunlearn._src.lm_recipes import rmu
+from jaxunlearn._src.lm_rmu import rmu
 from jaxunlearn._src.lm_recipes import simnpo
 from jaxunlearn._src.lm_recipes import undial
 
