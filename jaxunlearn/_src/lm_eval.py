@@ -34,14 +34,20 @@ def score_answers(logits_fn, params, questions: Sequence[str], answers: Sequence
   """Teacher-forced pass over ``questions``/``answers`` in fixed-size chunks: per row the answer's
   average NLL (``avg_nll``), token log-probs and mask (``[N, T-1]``) and argmax hits."""
   length = lm_data.length_for(questions, answers)
-  batch = lm_data.qa_batch(questions, answers, length=length)
-  n = len(questions)
+  return score_batch(logits_fn, params, lm_data.qa_batch(questions, answers, length=length))
+
+
+def score_batch(logits_fn, params, batch: dict) -> dict[str, np.ndarray]:
+  """``score_answers`` on a batch (``input_ids``, ``labels``): one compiled program of ``CHUNK``
+  rows (the last chunk repeats its final row)."""
+  n = len(batch["input_ids"])
   score = _scorer(logits_fn)
   parts = []
   for start in range(0, n, CHUNK):
     rows = np.arange(start, min(start + CHUNK, n))
     rows = np.concatenate([rows, np.full(CHUNK - len(rows), rows[-1])])  # fixed shape: repeat the last row
-    lp, mask, hits = score(params, jnp.asarray(batch["input_ids"][rows]), jnp.asarray(batch["labels"][rows]))
+    lp, mask, hits = score(params, jnp.asarray(np.asarray(batch["input_ids"])[rows]),
+                           jnp.asarray(np.asarray(batch["labels"])[rows]))
     parts.append([np.asarray(x) for x in (lp, mask, hits)])
   lp, mask, hits = (np.concatenate([p[i] for p in parts])[:n] for i in range(3))
   count = mask.sum(1)

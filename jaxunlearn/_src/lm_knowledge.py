@@ -95,9 +95,4 @@ def knowledge_unlearning(lm: Any, params: Any, *, forget: dict, retain: dict | N
 @functools.lru_cache(maxsize=32)
 def _optimizer(learning_rate: float, b1: float, b2: float, accumulate: int) -> optax.GradientTransformation:
   """Ascent, then Adam at a constant rate (one object per setting: the jitted step compiles once)."""
-  if not isinstance(accumulate, (int, np.integer)) or accumulate < 1:
-    raise ValueError(f"accumulate must be a positive integer, got {accumulate!r}.")
-  adam = optax.adam(learning_rate, b1=b1, b2=b2)
-  if accumulate > 1:
-    adam = optax.MultiSteps(adam, every_k_schedule=int(accumulate)).gradient_transformation()
-  return optax.chain(_ascent_tx(), adam)
+  return optax.chain(_ascent_tx(), lm_recipes._accumulated(optax.adam(learning_rate, b1=b1, b2=b2), accumulate))

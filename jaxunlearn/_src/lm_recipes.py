@@ -102,13 +102,24 @@ def _schedule(learning_rate: float, weight_decay: float, steps: int, accumulate:
   """AdamW with a learning rate decaying linearly to 0 over the optimizer's updates; with
   ``accumulate`` > 1 the updates are averaged over that many consecutive minibatches first
   (``optax.MultiSteps``: one optimizer update per ``accumulate`` minibatches, zero in between)."""
+  _check_accumulate(accumulate)
+  updates = max(steps // accumulate, 1)
+  return _accumulated(optax.adamw(optax.linear_schedule(learning_rate, 0.0, updates), weight_decay=weight_decay),
+                      accumulate)
+
+
+def _check_accumulate(accumulate) -> None:
   if not isinstance(accumulate, (int, np.integer)) or accumulate < 1:
     raise ValueError(f"accumulate must be a positive integer, got {accumulate!r}.")
-  updates = max(steps // accumulate, 1)
-  adamw = optax.adamw(optax.linear_schedule(learning_rate, 0.0, updates), weight_decay=weight_decay)
+
+
+def _accumulated(optimizer: optax.GradientTransformation, accumulate: int) -> optax.GradientTransformation:
+  """``optimizer`` updating once per ``accumulate`` minibatches on their averaged updates
+  (``optax.MultiSteps``), or ``optimizer`` itself for 1."""
+  _check_accumulate(accumulate)
   if accumulate == 1:
-    return adamw
-  return optax.MultiSteps(adamw, every_k_schedule=int(accumulate)).gradient_transformation()
+    return optimizer
+  return optax.MultiSteps(optimizer, every_k_schedule=int(accumulate)).gradient_transformation()
 
 
 @functools.lru_cache(maxsize=16)

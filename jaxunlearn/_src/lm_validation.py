@@ -30,9 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn._src import lm_losses, lm_models
+from jaxunlearn._src import lm_eval, lm_losses, lm_models
 
-CHUNK = 64  # rows per compiled forward pass
 GENERATION_CHUNK = 256  # prefixes per compiled generation
 
 
@@ -104,33 +103,10 @@ class Monitor:
 
 
 # -- signals -------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=16)
-def _per_token_nll(logits_fn):
-  @jax.jit
-  def fn(params, ids, labels):
-    return lm_losses.sequence_nll(logits_fn(params, ids), labels), lm_losses.token_counts(labels)
-
-  return fn
-
-
-def _chunks(batch: dict, chunk: int = CHUNK):
-  """Fixed-size row chunks (the last one repeats its final row) and how many rows of each are real."""
-  n = len(batch["input_ids"])
-  for start in range(0, n, chunk):
-    rows = np.arange(start, min(start + chunk, n))
-    real = len(rows)
-    rows = np.concatenate([rows, np.full(chunk - real, rows[-1])]) if n > chunk else rows
-    yield {k: jnp.asarray(np.asarray(v)[rows]) for k, v in batch.items()}, real
-
-
 def mean_token_nll(logits_fn, params, batch: dict) -> float:
   """Mean over the rows with scored labels of each row's per-token NLL (its answer's average)."""
-  fn = _per_token_nll(logits_fn)
-  per_row = []
-  for b, real in _chunks(batch):
-    nll, count = (np.asarray(x)[:real] for x in fn(params, b["input_ids"], b["labels"]))
-    per_row.append(nll[count > 0] / count[count > 0])
-  return float(np.mean(np.concatenate(per_row)))
+  scored = lm_eval.score_batch(logits_fn, params, batch)
+  return float(np.mean(scored["avg_nll"][scored["mask"].sum(1) > 0]))
 
 
 def holdout_gap(lm: Any, forget: dict, holdout: dict) -> Callable[[Any], float]:
@@ -154,28 +130,13 @@ def holdout_gap(lm: Any, forget: dict, holdout: dict) -> Callable[[Any], float]:
   return signal
 
 
-@functools.lru_cache(maxsize=16)
-def _hits_fn(logits_fn):
-  @jax.jit
-  def fn(params, ids, labels):
-    logits = logits_fn(params, ids)
-    mask = labels[:, 1:] != lm_losses.IGNORE
-    return (jnp.argmax(logits[:, :-1], axis=-1) == labels[:, 1:]) & mask, mask
-
-  return fn
-
-
 def memorization(lm: Any, params, batch: dict) -> np.ndarray:
   """Jang et al.'s memorisation accuracy per row: the fraction of its scored next tokens that the
   greedy (teacher-forced argmax) prediction gets right (``jaxunlearn.lm.metrics.memorization_accuracy``
   computed in compiled chunks). Rows without scored labels are NaN."""
-  fn = _hits_fn(lm.logits_fn)
-  out = []
-  for b, real in _chunks(batch):
-    hits, mask = (np.asarray(x)[:real] for x in fn(params, b["input_ids"], b["labels"]))
-    count = mask.sum(1)
-    out.append(np.where(count > 0, hits.sum(1) / np.maximum(count, 1), np.nan))
-  return np.concatenate(out)
+  scored = lm_eval.score_batch(lm.logits_fn, params, batch)
+  count = scored["mask"].sum(1)
+  return np.where(count > 0, scored["hits"].sum(1) / np.maximum(count, 1), np.nan)
 
 
 def _prefixes(batch: dict, n: int, name: str = "batch") -> list[tuple[np.ndarray, int, int] | None]:
