@@ -34,6 +34,14 @@ from jaxunlearn._src.ssd import SSDWarning
 from jaxunlearn._src.ssd import selective_synaptic_dampening
 from jaxunlearn._src.ssd import ssd_dampen
 from jaxunlearn._src.ssd import ssd_selection
+from jaxunlearn._src.adversarial import nearest_adversarial
+from jaxunlearn._src.distill import kl_to_teacher
+from jaxunlearn._src.relabel import FreezeState
+from jaxunlearn._src.relabel import freeze_entries
+from jaxunlearn._src.relabel import random_labels
+from jaxunlearn._src.relabel import saliency_mask
+from jaxunlearn._src.sparse import DecayingL1State
+from jaxunlearn._src.sparse import decaying_l1
 
 __version__ = "0.1.0"
 
@@ -67,5 +75,13 @@ __all__ = (
     "selective_synaptic_dampening",
     "ssd_dampen",
     "ssd_selection",
+    "nearest_adversarial",
+    "kl_to_teacher",
+    "FreezeState",
+    "freeze_entries",
+    "random_labels",
+    "saliency_mask",
+    "DecayingL1State",
+    "decaying_l1",
     "training",
 )

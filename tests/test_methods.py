@@ -56,7 +56,7 @@ def test_registry_defaults_are_the_recipes_signatures():
     for k, v in m.defaults.items():
       assert params[k].default == v
     assert {"forget", "retain", "seed"} <= set(params)
-  assert methods.get("ssd").defaults["alpha"] == 5.0
+  assert methods.get("ssd").defaults["alpha_scale"] == 0.5 and "alpha" not in methods.get("ssd").defaults
   with pytest.raises(ValueError, match="unknown method 'oracle'.*finetune"):
     methods.get("oracle")
   with pytest.raises(TypeError, match=r"ssd has no argument\(s\) \['alpah'\]"):
@@ -71,7 +71,8 @@ def test_recipes_take_datasets_or_dicts_and_match_the_pieces(digits):
   # SSD from the pieces, by hand: Fisher on the forget set and on all training data, then dampen.
   i_f = ju.fisher_diagonal(loss, params, {"x": forget.x, "y": forget.y}, batch_size=64)
   i_d = ju.fisher_diagonal(loss, params, {"x": train.x, "y": train.y}, batch_size=64)
-  want = ju.ssd_dampen(params, i_f, i_d, alpha=5.0, dampening=1.0)
+  # The default alpha is half the bound n / n_forget (above it nothing can be selected).
+  want = ju.ssd_dampen(params, i_f, i_d, alpha=0.5 * len(train) / len(forget), dampening=1.0)
   for f, r in ((forget, retain), (forget.as_batch(), retain.as_batch())):
     got = recipes.ssd(loss, params, forget=f, retain=r)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -104,4 +105,4 @@ def test_demo_and_score_report_progress_per_stage(toy):
   assert seen == [("original", 1, 3), ("retrained", 2, 3), ("shrink", 3, 3)]
   seen.clear()
   score.run(methods=["shrink"], n_models=4, epochs=1, progress=lambda *a: seen.append(a))
-  assert seen == [("originals", 1, 3), ("retrained", 2, 3), ("shrink", 3, 3)]
+  assert seen == [("originals", 1, 4), ("retrained", 2, 4), ("retrain ceiling", 3, 4), ("shrink", 4, 4)]

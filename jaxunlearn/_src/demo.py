@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -40,6 +41,18 @@ def prepare(*, dataset: str, forget: str, model: str, seed: int, data_dir: str |
   apply, params = models.create(model, train.input_shape, train.num_classes, key=jax.random.key(seed))
   init = models.init_fn(model, train.input_shape, train.num_classes)
   return train, test, forget_ds, retain_ds, apply, params, init, losses.cross_entropy_loss(apply)
+
+
+def holdout_for(forget_ds, test, *, by_class: bool):
+  """Held-out examples distributed like the forget set, for methods that calibrate against them
+  (SCRUB+R's rewinding): for class forgetting the test examples of the forgotten classes, for
+  random forgetting (a uniform sample of the training set) the whole test set."""
+  if not by_class:
+    return test
+  keep = np.isin(test.y, np.unique(forget_ds.y))
+  if not keep.any():
+    raise ValueError("the test set has no example of the forgotten classes (a holdout is needed).")
+  return dataclasses.replace(test, x=test.x[keep], y=test.y[keep], ids=test.ids[keep])
 
 
 def run(
@@ -127,7 +140,8 @@ def run(
 
   report["retrain"]["relearn_steps"] = relearn(retrained)
   report["original"]["relearn_steps"] = relearn(original)
-  context = {"init_fn": init}
+  context = {"init_fn": init, "apply_fn": apply,
+             "holdout": holdout_for(forget_ds, test, by_class=forgotten_classes is not None)}
   for done, name in enumerate(methods, start=3):
     method = methods_lib.get(name)
     description = method.describe()

@@ -17,7 +17,7 @@ from jaxunlearn._src import data as data_lib
 from jaxunlearn._src import lanes
 from jaxunlearn._src.ascent import gradient_ascent as _gradient_ascent_tx
 from jaxunlearn._src.importance import fisher_diagonal
-from jaxunlearn._src.recipes import cached_optimizer
+from jaxunlearn._src.recipes import cached_optimizer, ssd_alpha
 from jaxunlearn._src.reset import reset_params
 from jaxunlearn._src.ssd import ssd_dampen
 
@@ -34,6 +34,9 @@ class Stacked:
     seeds: one shuffling seed per model.
     strategy: ``"vmap"`` (one program, lanes sharded over devices) or ``"sequential"``.
     key: a PRNG key for methods that draw (fresh layers).
+    apply_fn: ``apply(params, x) -> logits`` of one model (for methods that read predictions:
+      distillation, adversarial examples), or ``None``.
+    holdout: held-out examples distributed like the forget set (SCRUB+R's rewinding), or ``None``.
   """
 
   loss_fn: Callable
@@ -45,6 +48,15 @@ class Stacked:
   seeds: Sequence[int]
   strategy: str
   key: jax.Array
+  apply_fn: Callable | None = None
+  holdout: data_lib.Dataset | None = None
+
+  def context(self, name: str) -> Any:
+    """The model context a recipe ``needs`` (``"init_fn"``, ``"apply_fn"``, ``"holdout"``)."""
+    value = getattr(self, name, None) if name in ("init_fn", "apply_fn", "holdout") else None
+    if value is None:
+      raise ValueError(f"this Stacked has no {name!r} (a method needs it).")
+    return value
 
   @property
   def n(self) -> int:
@@ -117,7 +129,9 @@ def _vmapped_ssd(loss_fn, alpha: float, dampening: float, batch_size: int, per_e
   return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
 
 
-def ssd(s: Stacked, *, alpha: float, dampening: float, batch_size: int, per_example: bool):
+def ssd(s: Stacked, *, alpha_scale: float, dampening: float, batch_size: int, per_example: bool,
+        alpha: float | None = None):
+  alpha = ssd_alpha(alpha, alpha_scale, n_full=len(s.train), n_forget=len(s.forget))
   fn = _vmapped_ssd(s.loss_fn, float(alpha), float(dampening), int(batch_size), bool(per_example))
   return fn(s.params, lanes.table(s.forget), lanes.table(s.train))
 

@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jaxunlearn._src import lane_recipes, lm_knowledge, lm_recipes, lm_rmu, recipes
+from jaxunlearn._src import adversarial, distill, lane_recipes, lanes, lm_knowledge, lm_recipes, lm_rmu, recipes, relabel, sparse
 
 # Arguments of a recipe that are not hyper-parameters: the data, the seed, and what a user may
 # pass to override a default derived from the others.
@@ -33,8 +33,10 @@ class Method:
     citation: where the method comes from.
     unlearn: ``unlearn(loss_fn, params, *, forget, retain, seed, **hyper) -> params``.
     unlearn_many: ``unlearn_many(stacked: Stacked, **hyper) -> stacked params`` for N models at
-      once, or ``None``.
-    needs: model context the recipe takes beyond the common arguments, e.g. ``("init_fn",)``.
+      once, or ``None`` (``many`` then runs the one-model recipe on each model in turn).
+    needs: model context the recipe takes beyond the common arguments: ``"init_fn"`` (fresh
+      parameters), ``"apply_fn"`` (the model's logits), ``"holdout"`` (held-out examples
+      distributed like the forget set); ``demo`` and ``score`` supply them.
     task: ``"classification"`` (recipes of ``jaxunlearn.recipes``, first argument ``loss_fn``)
       or ``"lm"`` (recipes of ``jaxunlearn.lm.recipes``, first argument the ``LM``, data as
       token batches). Names are unique within a task.
@@ -67,10 +69,20 @@ class Method:
     return self.unlearn(loss_fn, params, forget=forget, retain=retain, seed=seed, **kwargs)
 
   def many(self, stacked: lane_recipes.Stacked, **overrides):
-    """Runs the N-models version with the defaults, overridden by ``overrides``."""
-    if self.unlearn_many is None:
-      raise NotImplementedError(f"{self.name} has no N-models version.")
-    return self.unlearn_many(stacked, **{**self.defaults, **overrides})
+    """Unlearns the N stacked models with the defaults, overridden by ``overrides``.
+
+    With an N-models version (``unlearn_many``) the N models are lanes of one program; without
+    one, the one-model recipe runs on each model in turn (model ``m`` with seed
+    ``stacked.seeds[m]``), reusing its compiled steps, and the results are stacked.
+    """
+    if self.task != "classification":
+      raise NotImplementedError(f"{self.name} is a {self.task} method; N stacked models are classification's.")
+    if self.unlearn_many is not None:
+      return self.unlearn_many(stacked, **{**self.defaults, **overrides})
+    needs = {k: stacked.context(k) for k in self.needs}
+    out = [self(stacked.loss_fn, lanes.unstack(stacked.params, m), forget=stacked.forget, retain=stacked.retain,
+                seed=int(seed), **needs, **overrides) for m, seed in enumerate(stacked.seeds)]
+    return lanes.stack(out)
 
   def describe(self, **overrides) -> str:
     """The summary with the hyper-parameters in use."""
@@ -156,6 +168,36 @@ register(Method(
     "after EU-k (re-initialise the last k layers and retrain them; here every layer is then fine-tuned), "
     "Goel et al., 2022, 'Towards adversarial evaluation of unlearning'",
     recipes.reset_repair, lane_recipes.reset_repair, needs=("init_fn",)))
+for _name, _summary, _citation, _recipe, _needs in (
+    ("random_label", "fine-tune on the forget set relabelled at random (wrong labels), with the retain set",
+     "Golatkar et al., CVPR 2020 (baseline); Graves et al., 'Amnesiac Machine Learning', AAAI 2021",
+     relabel.random_label, ()),
+    ("kl_ascent", "ascend the forget loss, with KL to the original model on the retain set",
+     "GradDiff's KL variant (Maini et al., TOFU, COLM 2024), on classification", distill.kl_ascent, ("apply_fn",)),
+    ("prune_finetune", "prune the smallest weights globally, fine-tune on the retain set with them held at zero",
+     "Jia et al., 'Model Sparsity Can Simplify Machine Unlearning', NeurIPS 2023", sparse.prune_finetune, ()),
+    ("l1_sparse", "fine-tune on the retain set with a linearly decaying L1 penalty",
+     "Jia et al., 'Model Sparsity Can Simplify Machine Unlearning', NeurIPS 2023", sparse.l1_sparse, ()),
+    ("noise_finetune", "calibrated Gaussian noise on the weights, then fine-tune on the retain set",
+     "Gaussian mechanism (Balle & Wang, ICML 2018) + retain fine-tuning", sparse.noise_finetune, ()),
+    ("fisher_forgetting", "noise scaled by the inverse diagonal Fisher of the retain set",
+     "Golatkar et al., 'Eternal Sunshine of the Spotless Net', CVPR 2020", sparse.fisher_forgetting, ()),
+    ("scrub", "move away from the original on the forget set (max steps), stay with it on retain (min steps)",
+     "Kurmanji et al., 'Towards Unbounded Machine Unlearning', NeurIPS 2023", distill.scrub, ("apply_fn",)),
+    ("scrub_r", "SCRUB rewound to the epoch whose forget error is closest to held-out data's",
+     "Kurmanji et al., NeurIPS 2023 (SCRUB+R)", distill.scrub_r, ("apply_fn", "holdout")),
+    ("salun", "random labelling restricted to the weights most salient for the forget loss",
+     "Fan et al., 'SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency', ICLR 2024",
+     relabel.salun, ()),
+    ("bad_teacher", "distil the original on retain examples and a random network on forget examples",
+     "Chundawat et al., 'Can Bad Teaching Induce Forgetting?', AAAI 2023", distill.bad_teacher,
+     ("apply_fn", "init_fn")),
+    ("amun", "fine-tune on the forget set with each example's nearest adversarial neighbour, wrongly labelled",
+     "Ebrahimpour-Boroojeny et al., 'AMUN: Adversarial Machine UNlearning', 2025", adversarial.amun, ("apply_fn",)),
+    ("aru", "reset the parameters adversarial noise on the forget set acts through, fine-tune on retain",
+     "Jung et al., 'Attack and Reset for Unlearning', 2024", adversarial.aru, ("apply_fn", "init_fn")),
+):
+  register(Method(_name, _summary, _citation, _recipe, needs=_needs))
 
 # Language-model methods: name, summary, citation, recipe, context the recipe needs.
 for _name, _summary, _citation, _recipe, _needs in (

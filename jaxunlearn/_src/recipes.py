@@ -35,7 +35,7 @@ from jaxunlearn._src.base import LossFn, Mask, Params, PRNGKey
 from jaxunlearn._src.importance import fisher_diagonal
 from jaxunlearn._src.microbatch import batch_grad, check_micro_batch
 from jaxunlearn._src.reset import reset_params
-from jaxunlearn._src.ssd import SSD_ALPHA, ssd_dampen, ssd_selection
+from jaxunlearn._src.ssd import ssd_dampen, ssd_selection
 
 Data = Any  # a Dataset, or a dict of arrays {"x", "y"[, "ids"]}
 
@@ -59,7 +59,33 @@ def as_dataset(data: Data, *, name: str) -> data_lib.Dataset:
   return data_lib.Dataset(x=x, y=y, ids=data_lib.as_ids(ids), num_classes=num_classes, name=name)
 
 
-def _required(data: Data | None, name: str, method: str) -> data_lib.Dataset:
+def cycled(ds: data_lib.Dataset, batch_size: int, *, seed: int):
+  """Endless batches of ``ds`` (``min(batch_size, len(ds))`` each), epoch after epoch."""
+  size = min(batch_size, len(ds))
+  return itertools.chain.from_iterable(data_lib.batches(ds, size, seed=seed, epoch=e) for e in itertools.count())
+
+
+def run_steps(loss_fn: LossFn, optimizer: optax.GradientTransformation, params: Params, opt_state: Any, batches):
+  """Takes one optimizer step of ``loss_fn`` per batch (a batch may be any pytree the loss reads,
+  e.g. ``{"forget": ..., "retain": ...}``), through ``training.compiled_step``: the same
+  ``loss_fn`` and ``optimizer`` objects reuse one compiled step. Returns ``(params, opt_state)``."""
+  step = training.compiled_step(loss_fn, optimizer)
+  for batch in batches:
+    params, opt_state, _ = step(params, opt_state, batch)
+  return params, opt_state
+
+
+def paired(main: data_lib.Dataset, other: data_lib.Dataset, batch_size: int, *, seed: int, epochs: int,
+           main_key: str, other_key: str):
+  """``epochs`` passes over ``main``, each batch paired with the next batch of ``other`` (cycled,
+  shuffled with ``seed + 1``): ``{main_key: ..., other_key: ...}`` batches."""
+  others = cycled(other, batch_size, seed=seed + 1)
+  for epoch in range(epochs):
+    for batch in data_lib.batches(main, min(batch_size, len(main)), seed=seed, epoch=epoch):
+      yield {main_key: batch, other_key: next(others)}
+
+
+def required(data: Data | None, name: str, method: str) -> data_lib.Dataset:
   if data is None:
     raise ValueError(f"{method} needs {name}=.")
   ds = as_dataset(data, name=name)
@@ -78,7 +104,7 @@ def finetune(
   ``forget`` is not used (accepted for the common signature).
   """
   del forget
-  retain = _required(retain, "retain", "finetune")
+  retain = required(retain, "retain", "finetune")
   opt = optimizer or cached_optimizer("adam", learning_rate)
   return training.fit(loss_fn, params, retain, optimizer=opt, epochs=epochs, batch_size=batch_size, seed=seed,
                       state=state)
@@ -101,7 +127,7 @@ def gradient_ascent(
   ``retain`` is not used (accepted for the common signature).
   """
   del retain
-  forget = _required(forget, "forget", "gradient_ascent")
+  forget = required(forget, "forget", "gradient_ascent")
   tx = _ascent_chain(optimizer or cached_optimizer("sgd", learning_rate))
   return training.fit(loss_fn, params, forget, optimizer=tx, epochs=epochs, batch_size=batch_size, seed=seed,
                       state=state)
@@ -149,8 +175,8 @@ def gradient_difference(
   micro-batches (``microbatch_value_and_grad``). With ``state``, the forget batch then the retain
   batch update it.
   """
-  forget = _required(forget, "forget", "gradient_difference")
-  retain = _required(retain, "retain", "gradient_difference")
+  forget = required(forget, "forget", "gradient_difference")
+  retain = required(retain, "retain", "gradient_difference")
   micro_batch = None if micro_batch is None else check_micro_batch(micro_batch)
   if state is not None and micro_batch is not None:
     raise ValueError("micro_batch and state cannot be combined: the state of one micro-batch would feed the next.")
@@ -171,7 +197,7 @@ def gradient_difference(
   return params if state is None else (params, state)
 
 
-def _union(forget: data_lib.Dataset, retain: data_lib.Dataset) -> data_lib.Dataset:
+def union(forget: data_lib.Dataset, retain: data_lib.Dataset) -> data_lib.Dataset:
   """forget ∪ retain in id order (for a split of a dataset with ordered ids: the dataset itself)."""
   ids = np.concatenate([forget.ids, retain.ids])
   order = np.argsort(ids, kind="stable")
@@ -179,28 +205,46 @@ def _union(forget: data_lib.Dataset, retain: data_lib.Dataset) -> data_lib.Datas
                           ids=ids[order], num_classes=max(forget.num_classes, retain.num_classes), name=retain.name)
 
 
+def ssd_alpha(alpha: float | None, alpha_scale: float, *, n_full: int, n_forget: int) -> float:
+  """``alpha`` if given, else ``alpha_scale * n_full / n_forget`` (see ``ssd``)."""
+  if alpha is not None:
+    return float(alpha)
+  if not 0.0 < alpha_scale < 1.0:
+    raise ValueError(f"alpha_scale must be in (0, 1): at or above 1 SSD selects nothing; got {alpha_scale}.")
+  return float(alpha_scale) * n_full / n_forget
+
+
 def ssd(
     loss_fn: LossFn, params: Params, *, forget: Data, retain: Data, seed: int | None = None,
-    alpha: float = SSD_ALPHA, dampening: float = 1.0, batch_size: int = 64, per_example: bool = True,
-    full: Data | None = None, stats: dict | None = None,
+    alpha: float | None = None, alpha_scale: float = 0.5, dampening: float = 1.0, batch_size: int = 64,
+    per_example: bool = True, full: Data | None = None, stats: dict | None = None,
 ) -> Params:
   r"""Selective Synaptic Dampening (Foster et al., AAAI 2024): diagonal Fisher importances on the
   forget set (:math:`I_f`) and on all training data (:math:`I_D`, default ``forget ∪ retain``),
-  then ``ssd_dampen``. ``stats``, if given a dict, receives ``ssd_selection``'s numbers: how many
-  parameters were dampened and the largest ratio :math:`I_f / I_D`; when none is selected,
-  ``SSDWarning`` says so (the model would come back unchanged).
+  then ``ssd_dampen`` with threshold ``alpha``.
 
-  ``alpha`` = 5 (``SSD_ALPHA``, shared with the transform) rather than the paper's 10: with :math:`I_D` computed over data that contain the
-  forget set, :math:`I_f / I_D \le n / n_f` for every parameter, about 10 when forgetting one class
-  of ten, so alpha = 10 selects almost nothing there. ``seed`` is not used (no randomness).
+  Default alpha, relative: :math:`\alpha = s \cdot n / n_f` (:math:`s` = ``alpha_scale`` = 0.5,
+  :math:`n` = ``len(full)``, :math:`n_f` = ``len(forget)``). The reason: with :math:`I_D` computed
+  over data that contain the forget set, :math:`n I_D \ge n_f I_f` entry by entry (sums of
+  non-negative terms), so :math:`I_f / I_D \le n / n_f` for every parameter, and any
+  :math:`\alpha \ge n / n_f` selects nothing. The paper's alpha = 10 is at that bound when
+  forgetting one class of ten (:math:`n / n_f \approx 10`), and above it for a larger forget set.
+  Half the bound selects the parameters at least half as concentrated on the forget set as they
+  could possibly be, for class and random forgetting alike (5.3 for one digit class, 5 for a random
+  10%). Pass ``alpha`` to fix it instead.
+
+  ``stats``, if given a dict, receives ``ssd_selection``'s numbers (how many parameters were
+  dampened, the largest ratio :math:`I_f / I_D`) and the ``alpha`` used; when none is selected,
+  ``SSDWarning`` says so (the model would come back unchanged). ``seed`` is not used.
   """
   del seed
-  forget = _required(forget, "forget", "ssd")
-  full = _union(forget, _required(retain, "retain", "ssd")) if full is None else _required(full, "full", "ssd")
+  forget = required(forget, "forget", "ssd")
+  full = union(forget, required(retain, "retain", "ssd")) if full is None else required(full, "full", "ssd")
+  alpha = ssd_alpha(alpha, alpha_scale, n_full=len(full), n_forget=len(forget))
   i_f = fisher_diagonal(loss_fn, params, forget, batch_size=batch_size, per_example=per_example)
   i_d = fisher_diagonal(loss_fn, params, full, batch_size=batch_size, per_example=per_example)
   if stats is not None:
-    stats.update(ssd_selection(i_f, i_d, alpha=alpha))
+    stats.update(ssd_selection(i_f, i_d, alpha=alpha), alpha=alpha)
   return ssd_dampen(params, i_f, i_d, alpha=alpha, dampening=dampening)
 
 
@@ -215,7 +259,7 @@ def reset_repair(
   ``forget`` is not used (accepted for the common signature).
   """
   del forget
-  retain = _required(retain, "retain", "reset_repair")
+  retain = required(retain, "retain", "reset_repair")
   key = jax.random.fold_in(jax.random.key(seed), 7) if key is None else key
   params = reset_params(params, init_fn(key), mask)
   opt = optimizer or cached_optimizer("adam", learning_rate)

@@ -135,14 +135,18 @@ def run_score(args) -> int:
     )
   table = Table(title=f"NeurIPS 2023 score, {args.models} models per method: forget {args.forget} "
                       f"({report['forget_size']} examples)")
-  for col in ("method", "score", "forget quality", "median eps", "forget acc", "retain acc", "test acc", "seconds (N models, with compile)"):
+  for col in ("method", "score", "share of gap", "forget quality", "median eps", "forget acc", "retain acc", "test acc",
+              "seconds (N models, with compile)"):
     table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method")
-  rows = [("retrain", report["retrain"]), ("original", report["original"])] + list(report["methods"].items())
+  rows = [("retrain", report["retrain"]), ("original", report["original"])] + (
+      [("retrain ceiling", report["retrain_ceiling"])] if "retrain_ceiling" in report else []) + list(
+      report["methods"].items())
   for name, row in rows:
     scored = "epsilon" in row
     table.add_row(
         name,
         f"{row['score']:.4f}" if scored else "(reference)",
+        "" if row.get("gap_share") is None else f"{row['gap_share']:.2f}",
         f"{row['forget_quality']:.4f}" if scored else "",
         f"{float(np.median(row['epsilon'])):.2f}" if scored else "",
         f"{row['forget_acc']:.3f}", f"{row['retain_acc']:.3f}", f"{row['test_acc']:.3f}", f"{row['seconds']:.1f}",
@@ -156,7 +160,7 @@ def run_score(args) -> int:
   for name, row in rows[1:]:
     hist.add_row(name, *[str(c) for _, c in score.histogram(row["epsilon"])])
   console.print(hist)
-  console.print(f"total {time.perf_counter() - start:.1f} s. Score = forget quality x (retain acc / retrained's) x (test acc / retrained's); higher is better. 'original' is the models before unlearning.")
+  console.print(f"total {time.perf_counter() - start:.1f} s. Score = forget quality x (retain acc / retrained's) x (test acc / retrained's); higher is better. 'original' is the models before unlearning (the floor); 'retrain ceiling' is N more retrained models (other seeds) scored against the first N; share of gap: (score - floor) / (ceiling - floor).")
   _write_outputs(console, report, args, "score_plot")
   return 0
 

@@ -17,7 +17,7 @@ import optax
 
 from jaxunlearn._src import lanes, neurips
 from jaxunlearn._src import methods as methods_lib
-from jaxunlearn._src.demo import prepare
+from jaxunlearn._src.demo import holdout_for, prepare
 from jaxunlearn._src.lane_recipes import Stacked
 
 
@@ -41,17 +41,17 @@ def run(
   Report keys: ``original``, ``retrain`` (reference accuracies) and ``methods.<name>`` with
   ``forget_quality``, ``score`` (``neurips.neurips_score``), mean ``forget_acc``/``retain_acc``/
   ``test_acc`` over the N models, ``epsilon`` (per forget example) and ``seconds`` (all N models).
-  ``original`` is scored too: the models before unlearning, what doing nothing earns.
+  ``original`` is scored too: the models before unlearning, what doing nothing earns (the floor).
+  ``retrain_ceiling`` is a second, independent set of N retrained models (other seeds of
+  initialisation and shuffling) scored against the first: what an exact unlearning method earns,
+  limited only by training noise. Each method's ``gap_share`` is its share of the way from floor to
+  ceiling (``gap_share``).
   ``log(message)`` says what starts; ``progress(stage, done, total)`` counts the stages (the two
   trainings of N models and one per method) as they end.
   """
   methods = methods_lib.names() if methods is None else methods
-  stages = 2 + len(methods)
+  stages = 3 + len(methods)
   tick = (lambda stage, done: None) if progress is None else (lambda stage, done: progress(stage, done, stages))
-  missing = [m for m in methods if methods_lib.get(m).unlearn_many is None]
-  if missing:
-    raise ValueError(f"method(s) {missing} have no N-models version; score runs "
-                     f"{[m for m in methods_lib.names() if methods_lib.get(m).unlearn_many is not None]}.")
   if n_models < 4:
     raise ValueError(f"the NeurIPS score needs several models per method; got --models {n_models} (use >= 4, 32+ for stable numbers).")
   train, test, forget_ds, retain_ds, apply, _, init, loss = prepare(
@@ -76,6 +76,9 @@ def run(
   log(f"training {n_models} retrained models without the {len(forget_ds)} forget examples")
   retrained, retrain_s = train_many(retain_ds, 1)
   tick("retrained", 2)
+  log(f"training {n_models} more retrained models (other seeds): the retrain ceiling")
+  ceiling, ceiling_s = train_many(retain_ds, 2)
+  tick("retrain ceiling", 3)
 
   def evaluate(params):
     row = {}
@@ -107,15 +110,27 @@ def run(
     return row
 
   report["original"] = scored(original, original_s)
-  stacked = Stacked(loss, init, original, train, forget_ds, retain_ds, seeds, strategy, jax.random.fold_in(key, 7))
-  for done, name in enumerate(methods, start=3):
+  report["retrain_ceiling"] = scored(ceiling, ceiling_s)
+  floor, top = report["original"]["score"], report["retrain_ceiling"]["score"]
+  report["original"]["gap_share"], report["retrain_ceiling"]["gap_share"] = 0.0, 1.0
+  stacked = Stacked(loss, init, original, train, forget_ds, retain_ds, seeds, strategy, jax.random.fold_in(key, 7),
+                    apply_fn=apply, holdout=holdout_for(forget_ds, test, by_class=forget.startswith("class:")))
+  for done, name in enumerate(methods, start=4):
     method = methods_lib.get(name)
     log(f"{name}: {method.describe()} (x{n_models})")
     t0 = time.perf_counter()
     params = jax.block_until_ready(method.many(stacked))
-    report["methods"][name] = scored(params, time.perf_counter() - t0)
+    row = report["methods"][name] = scored(params, time.perf_counter() - t0)
+    row["gap_share"] = gap_share(row["score"], floor, top)
     tick(name, done)
   return report
+
+
+def gap_share(score: float, floor: float, ceiling: float) -> float | None:
+  """How much of the way from the untouched original's score (``floor``) to the retrain ceiling's
+  a method's ``score`` goes: 0 = no better than doing nothing, 1 = as good as an independent
+  retrain (it may fall outside [0, 1]); ``None`` when the ceiling is not above the floor."""
+  return None if ceiling <= floor else float((score - floor) / (ceiling - floor))
 
 
 def histogram(eps, *, edges=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, neurips.EPSILON_CAP)) -> list[tuple[str, int]]:
