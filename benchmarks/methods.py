@@ -14,6 +14,7 @@ The targets of issue 15 are checked in the table's last column.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -40,7 +41,8 @@ def table(report: dict) -> str:
   out = []
   for key, entry in report["runs"].items():
     d, s = entry["demo"], entry["score"]
-    out += [f"\n### {key}: forget {d['forget_size']} of {d['train_size']} examples\n",
+    out += [f"\n### {key}: forget {d['forget_size']} of {d['train_size']} examples, N = {s['models']} "
+            f"({entry['seconds']:.0f} s)\n",
             "| method | forget acc | retain acc | test acc | MIA AUC | JS to retrained | relearn steps | NeurIPS score "
             f"(N={s['models']}) | share of gap | seconds | compile s | class target |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -63,9 +65,14 @@ def main() -> None:
   ap.add_argument("--forgets", default="class:3,random:0.1")
   ap.add_argument("--methods", default="all")
   ap.add_argument("--name", default="methods")
+  ap.add_argument("--append", action="store_true", help="keep the runs already in the results file, add these")
   args = ap.parse_args()
   names = methods_lib.parse(args.methods)
-  report = {"machine": _common.machine(), "models": args.models, "runs": {}}
+  path = os.path.join(_common.RESULTS, f"{args.name}.json")
+  report = {"machine": _common.machine(), "runs": {}}
+  if args.append and os.path.exists(path):
+    with open(path) as f:
+      report["runs"] = json.load(f)["runs"]
   for dataset in args.datasets.split(","):
     for forget in args.forgets.split(","):
       key = f"{dataset}, {forget}"
@@ -74,6 +81,10 @@ def main() -> None:
       s = score.run(dataset=dataset, forget=forget, methods=names, n_models=args.models, log=print)
       report["runs"][key] = {"demo": d, "score": s, "seconds": time.perf_counter() - t0}
       print(f"{key}: {time.perf_counter() - t0:.0f} s", flush=True)
+      _write(args.name, report)
+
+
+def _write(name: str, report: dict) -> None:
   md = ["# Every classification method against retraining (`benchmarks/methods.py`)", "",
         _common.machine_line(report["machine"]), "",
         "One MLP (64-256-256-10 on digits, its MNIST-1D counterpart), trained 20 epochs with Adam; every method at "
@@ -84,8 +95,8 @@ def main() -> None:
         "per method; its 'retrain' row is the retrain ceiling (N more retrained models, other seeds, scored against "
         "the first N) and 'original' the untouched models (the floor); share of gap = (score - floor) / (ceiling - "
         "floor). Class target (issue 15): forget accuracy <= 0.05 with retain accuracy within 3 points of the "
-        "retrained model's.", table(report), ""]
-  _common.write(args.name, report, "\n".join(md))
+        "retrained model's. Each block names its N; seconds are of the run that wrote it.", table(report), ""]
+  _common.write(name, report, "\n".join(md))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """Pruning + fine-tune, l1-sparse, noise + fine-tune and Fisher forgetting against closed forms."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax

@@ -123,7 +123,7 @@ def _scrub_epochs(apply_fn, params, forget, retain, *, seed, epochs, max_epochs,
 
 def scrub(
     loss_fn: LossFn, params: Params, *, forget: Data, retain: Data, seed: int, apply_fn: ApplyFn,
-    learning_rate: float = 5e-4, weight_decay: float = 0.1, epochs: int = 5, max_epochs: int = 3,
+    learning_rate: float = 1e-3, weight_decay: float = 0.0, epochs: int = 10, max_epochs: int = 3,
     temperature: float = 2.0, ce_weight: float = 1.0, kl_weight: float = 0.5, forget_batch_size: int = 64,
     retain_batch_size: int = 64,
 ):
@@ -135,11 +135,14 @@ def scrub(
   :math:`\mathrm{KL}_T(p_{\theta_0} \| p_\theta)`, then every epoch takes a *min* pass over the
   retain set, descending :math:`\gamma\,\mathrm{CE} + \alpha\,\mathrm{KL}_T(p_{\theta_0} \| p_\theta)`,
   with one optimizer state for both (``kl_to_teacher``: :math:`T^2`-scaled, teacher first, as
-  the authors' ``DistillKL``). Defaults are the authors' small-scale setting: Adam lr 5e-4 with
-  L2 weight decay 0.1 (PyTorch's coupled decay), :math:`\gamma` = 1, :math:`\alpha` = 0.5,
-  :math:`m` = 3 (their ``msteps``; the loop is "if epoch <= msteps" over 1-based epochs),
-  :math:`T` = 2, batches of 64 (forget) and 64 (retain); 10 epochs there, 5 here (tuned on
-  digits; their learning-rate decay at epochs 3, 5, 9 is not used).
+  the authors' ``DistillKL``). Defaults follow the authors' small-scale setting: :math:`\gamma`
+  = 1, :math:`\alpha` = 0.5, :math:`m` = 3 (their ``msteps``; the loop is "if epoch <= msteps"
+  over 1-based epochs), :math:`T` = 2, batches of 64, 10 epochs, Adam. Two changes, tuned on
+  digits and checked on MNIST-1D: lr 1e-3 instead of 5e-4 (at 5e-4 the min steps re-teach the
+  forgotten class through the teacher's soft labels within 10 epochs), and no weight decay
+  instead of their coupled L2 0.1 (with it the random-forgetting score fell far below the
+  untouched model's). Their learning-rate decay at epochs 3, 5, 9 is not used. ``weight_decay``
+  is the coupled (PyTorch ``Adam``) L2, ``add_decayed_weights`` before Adam.
   """
   del loss_fn  # the losses are SCRUB's own, from the logits
   forget, retain = required(forget, "forget", "scrub"), required(retain, "retain", "scrub")
@@ -156,7 +159,7 @@ def _error(apply_fn, params, ds) -> float:
 
 def scrub_r(
     loss_fn: LossFn, params: Params, *, forget: Data, retain: Data, seed: int, apply_fn: ApplyFn, holdout: Data,
-    learning_rate: float = 5e-4, weight_decay: float = 0.1, epochs: int = 5, max_epochs: int = 3,
+    learning_rate: float = 1e-3, weight_decay: float = 0.0, epochs: int = 10, max_epochs: int = 3,
     temperature: float = 2.0, ce_weight: float = 1.0, kl_weight: float = 0.5, forget_batch_size: int = 64,
     retain_batch_size: int = 64, stats: dict | None = None,
 ):

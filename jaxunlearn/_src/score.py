@@ -129,7 +129,7 @@ def run(
 def gap_share(score: float, floor: float, ceiling: float) -> float | None:
   """How much of the way from the untouched original's score (``floor``) to the retrain ceiling's
   a method's ``score`` goes: 0 = no better than doing nothing, 1 = as good as an independent
-  retrain (it may fall outside [0, 1]); ``None`` when the ceiling is not above the floor."""
+  retrain (it may be below 0 or above 1); ``None`` when the ceiling is not above the floor."""
   return None if ceiling <= floor else float((score - floor) / (ceiling - floor))
 
 
