@@ -26,6 +26,86 @@ from jaxunlearn._src import demo, score  # noqa: E402
 from jaxunlearn._src import methods as methods_lib  # noqa: E402
 
 
+# The knobs that trade forgetting against retention, searched when a default misses the class
+# target on a dataset (a method not listed is searched over its learning rate).
+GRIDS = {
+    "finetune": {"epochs": [3, 10, 20]},
+    "gradient_ascent": {"learning_rate": [2e-3, 5e-3, 1e-2, 2e-2, 5e-2], "epochs": [1, 3]},
+    "gradient_difference": {"learning_rate": [1e-4, 2e-4, 4e-4, 1e-3], "epochs": [1, 3]},
+    "ssd": {"alpha_scale": [0.2, 0.3, 0.5, 0.7], "dampening": [1.0, 0.1]},
+    "reset_repair": {"epochs": [5, 10, 20]},
+    "random_label": {"epochs": [2, 5, 10]},
+    "kl_ascent": {"kl_weight": [5.0, 10.0, 20.0], "epochs": [3, 7, 15]},
+    "prune_finetune": {"sparsity": [0.7, 0.8, 0.9], "epochs": [10, 20]},
+    "l1_sparse": {"alpha": [5e-3, 1e-2, 2e-2], "epochs": [5, 10]},
+    "noise_finetune": {"sensitivity": [0.02, 0.03, 0.05], "epochs": [10, 20]},
+    "fisher_forgetting": {"alpha": [1e-9, 3e-9, 1e-8, 3e-8, 1e-7], "max_variance": [0.1, 1.0]},
+    "scrub": {"learning_rate": [5e-4, 1e-3, 2e-3], "epochs": [5, 10]},
+    "scrub_r": {"learning_rate": [5e-4, 1e-3, 2e-3], "epochs": [5, 10]},
+    "salun": {"fraction": [0.3, 0.5, 0.8], "epochs": [5, 10]},
+    "bad_teacher": {"learning_rate": [3e-4, 1e-3, 3e-3], "epochs": [3, 5, 10]},
+    "amun": {"learning_rate": [1e-3, 3e-3], "epochs": [5, 20]},
+    "aru": {"fraction": [0.05, 0.1, 0.2], "epochs": [5, 10]},
+}
+
+
+def search(dataset: str, names: list[str]) -> dict:
+  """For each of ``names``, every setting of its grid on ``dataset``, class 3 forgotten (seed 0):
+  ``{name: [(setting, forget acc, retain acc), ...]}`` and the retrained model's retain accuracy."""
+  import itertools
+
+  import optax
+
+  from jaxunlearn._src import training
+
+  train, test, f, r, apply, p0, init, loss = demo.prepare(dataset=dataset, forget="class:3", model="mlp", seed=0,
+                                                          data_dir=None)
+  opt = optax.adam(1e-3)
+  original = training.fit(loss, p0, train, optimizer=opt, epochs=20, batch_size=128, seed=0)
+  retrained = training.fit(loss, p0, r, optimizer=opt, epochs=20, batch_size=128, seed=0)
+  context = {"init_fn": init, "apply_fn": apply, "holdout": demo.holdout_for(f, test, by_class=True)}
+  out = {"retrain_retain_acc": training.dataset_accuracy(apply, retrained, r), "methods": {}}
+  for name in names:
+    m = methods_lib.get(name)
+    grid = GRIDS.get(name, {"learning_rate": [m.defaults.get("learning_rate", 1e-3) * k for k in (0.3, 1, 3)]})
+    rows = []
+    for values in itertools.product(*grid.values()):
+      setting = dict(zip(grid, values))
+      params = m(loss, original, forget=f, retain=r, seed=0, **{k: context[k] for k in m.needs}, **setting)
+      rows.append((setting, training.dataset_accuracy(apply, params, f), training.dataset_accuracy(apply, params, r)))
+      print(dataset, name, rows[-1], flush=True)
+    out["methods"][name] = rows
+  return out
+
+
+def _best(rows, retrain_retain):
+  """The setting meeting the class target with the best retain accuracy, else the one nearest to it."""
+  def miss(row):
+    return max(row[1] - 0.05, retrain_retain - 0.03 - row[2], 0.0)
+  return min(rows, key=lambda row: (miss(row), -row[2]))
+
+
+def search_table(report: dict) -> str:
+  out = ["\n### Class 3: where a default misses the target, the best setting found\n",
+         "The grid searched per method is `GRIDS` in `benchmarks/methods.py` (one model, seed 0, as the demo); the "
+         "setting shown meets the target with the best retain accuracy, or, where none does, comes nearest to it "
+         "(the larger of its two shortfalls is smallest). A default is one setting for both datasets; the searched "
+         "setting is per dataset.\n",
+         "| dataset | method | default: forget / retain acc | best setting found | forget acc | retain acc | "
+         "retrained retain acc | meets |", "|---|---|---|---|---|---|---|---|"]
+  for dataset, found in report.get("search", {}).items():
+    demo_row = report["runs"][f"{dataset}, class:3"]["demo"]
+    rr = found["retrain_retain_acc"]
+    for name, rows in found["methods"].items():
+      setting, fa, ra = _best(rows, rr)
+      d = demo_row["methods"][name]
+      meets = "yes" if fa <= 0.05 and ra >= rr - 0.03 else "no"
+      shown = ", ".join(f"{k}={v:g}" for k, v in setting.items())
+      out.append(f"| {dataset} | {name} | {d['forget_acc']:.3f} / {d['retain_acc']:.3f} | {shown} | {fa:.3f} | "
+                 f"{ra:.3f} | {rr:.3f} | {meets} |")
+  return "\n".join(out)
+
+
 def _fmt(v, spec):
   return "-" if v is None else format(v, spec)
 
@@ -66,13 +146,15 @@ def main() -> None:
   ap.add_argument("--methods", default="all")
   ap.add_argument("--name", default="methods")
   ap.add_argument("--append", action="store_true", help="keep the runs already in the results file, add these")
+  ap.add_argument("--no-search", action="store_true", help="skip the search for settings where a default misses")
   args = ap.parse_args()
   names = methods_lib.parse(args.methods)
   path = os.path.join(_common.RESULTS, f"{args.name}.json")
   report = {"machine": _common.machine(), "runs": {}}
   if args.append and os.path.exists(path):
     with open(path) as f:
-      report["runs"] = json.load(f)["runs"]
+      old = json.load(f)
+    report["runs"], report["search"] = old["runs"], old.get("search", {})
   for dataset in args.datasets.split(","):
     for forget in args.forgets.split(","):
       key = f"{dataset}, {forget}"
@@ -81,6 +163,11 @@ def main() -> None:
       s = score.run(dataset=dataset, forget=forget, methods=names, n_models=args.models, log=print)
       report["runs"][key] = {"demo": d, "score": s, "seconds": time.perf_counter() - t0}
       print(f"{key}: {time.perf_counter() - t0:.0f} s", flush=True)
+      _write(args.name, report)
+    if "class:3" in args.forgets.split(",") and not args.no_search:
+      d = report["runs"][f"{dataset}, class:3"]["demo"]
+      missing = [m for m in names if _verdict("class:3", d["methods"][m], d["retrain"]) == "misses"]
+      report.setdefault("search", {})[dataset] = search(dataset, missing)
       _write(args.name, report)
 
 
@@ -95,7 +182,9 @@ def _write(name: str, report: dict) -> None:
         "per method; its 'retrain' row is the retrain ceiling (N more retrained models, other seeds, scored against "
         "the first N) and 'original' the untouched models (the floor); share of gap = (score - floor) / (ceiling - "
         "floor). Class target (issue 15): forget accuracy <= 0.05 with retain accuracy within 3 points of the "
-        "retrained model's. Each block names its N; seconds are of the run that wrote it.", table(report), ""]
+        "retrained model's. Each block names its N; seconds are of the run that wrote it. Compile seconds are 0 "
+        "where an earlier block of the same run had compiled the same shapes.", table(report),
+        search_table(report), ""]
   _common.write(name, report, "\n".join(md))
 
 

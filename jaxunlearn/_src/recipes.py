@@ -250,11 +250,13 @@ def ssd(
 
 def reset_repair(
     loss_fn: LossFn, params: Params, *, forget: Data | None = None, retain: Data, seed: int, init_fn,
-    mask: Mask = "head", learning_rate: float = 3e-3, epochs: int = 5, batch_size: int = 128,
+    mask: Mask = "head", learning_rate: float = 3e-3, epochs: int = 10, batch_size: int = 128,
     key: PRNGKey | None = None, optimizer: optax.GradientTransformation | None = None, state: Any = None,
 ):
   """Re-initialises the layers selected by ``mask`` from ``init_fn(key)`` (``key`` defaults to
-  ``fold_in(key(seed), 7)``), then fine-tunes on the retain set with Adam.
+  ``fold_in(key(seed), 7)``), then fine-tunes on the retain set with Adam. 10 epochs: 5 leave
+  MNIST-1D's retain accuracy 7 points below the retrained model's (its training set is memorised,
+  and memorising it again takes longer than on digits).
 
   ``forget`` is not used (accepted for the common signature).
   """
