@@ -33,11 +33,12 @@ def run_methods(args) -> int:
 
   for task in methods_lib.TASKS:
     table = Table(title=f"{task} unlearning methods (jaxunlearn.methods, task={task!r})")
-    for col in ("method", "what it does", "defaults", "N models at once", "reference"):
+    for col in ("method", "what it does", "defaults", "N models (score)", "reference"):
       table.add_column(col, no_wrap=col == "method")
     for name, m in methods_lib.all_methods(task=task).items():
       table.add_row(name, m.summary, ", ".join(f"{k}={v!r}" for k, v in m.defaults.items()),
-                    "yes" if m.unlearn_many is not None else "no", m.citation)
+                    "n/a" if task != "classification" else "one program" if m.unlearn_many is not None else
+                    "one by one", m.citation)
     _console().print(table)
   return 0
 
