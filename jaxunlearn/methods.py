@@ -3,8 +3,10 @@ N-models version. ``demo``, ``score``, the benchmarks and the examples iterate o
 
 Example:
   >>> from jaxunlearn import methods
-  >>> methods.get("ssd").defaults["alpha"]
-  5.0
+  >>> methods.get("ssd").defaults["alpha_scale"]
+  0.5
+  >>> methods.get("scrub_r").needs
+  ('apply_fn', 'holdout')
   >>> "gradient_difference" in methods.names()
   True
 """

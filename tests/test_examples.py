@@ -1,6 +1,8 @@
 import importlib.util
 import pathlib
 
+import pytest
+
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -19,6 +21,7 @@ def test_forget_class_example_forgets(capsys):
   assert "after SSD" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 36 s on 2 cores: run with `python -m pytest -m slow`
 def test_forget_author_lm_example_forgets_the_author_more_than_the_others(capsys):
   results = _load("forget_author_lm").main()
   before, after = results["before"], results["after"]

@@ -109,6 +109,7 @@ def test_a_user_written_flax_model_unlearns_through_the_same_recipes():
   assert jax.tree.structure(new) == jax.tree.structure(params)
 
 
+@pytest.mark.slow  # 21 s on 2 cores: run with `python -m pytest -m slow`
 def test_pipeline_caches_and_retrains_a_damaged_stage(tmp_path):
   world = data.generate(data.WorldConfig.preset("tiny"))
   train = benchmark.TrainConfig(pretrain_epochs=1, finetune_epochs=1)
@@ -136,6 +137,7 @@ def test_pipeline_caches_and_retrains_a_damaged_stage(tmp_path):
   assert 0 <= row["forget_quality"] <= 1 and 0 <= row["model_utility"] <= 1 and 0 <= row["forget_rouge"] <= 1
 
 
+@pytest.mark.slow  # 38 s on 2 cores: run with `python -m pytest -m slow`
 def test_lm_demo_command_writes_json_and_plot(tmp_path):
   out, png = tmp_path / "lm.json", tmp_path / "lm.png"
   rc = cli.main(["lm", "demo", "--world", "tiny", "--no-cache", "--relearn", "--methods", "simnpo,knowledge_unlearning",

@@ -206,6 +206,7 @@ def _slice0_ids(directory, shard, n):
     return [int(i) for i in z["ids"][(z["shard"] == shard) & (z["slice"] == 0)][:n]]
 
 
+@pytest.mark.slow  # 51 s on 2 cores: run with `python -m pytest -m slow`
 def test_cli_sigkill_mid_forget_then_rerun(tmp_path):
   d, ref = str(tmp_path / "d"), str(tmp_path / "ref")
   _ok("train", "--dir", d, *TRAIN)
@@ -233,6 +234,7 @@ def test_cli_sigkill_mid_forget_then_rerun(tmp_path):
   assert len((tmp_path / "d" / "ledger.jsonl").read_text().splitlines()) == 1
 
 
+@pytest.mark.slow  # 46 s on 2 cores: run with `python -m pytest -m slow`
 def test_cli_concurrent_forgets_are_serialised(tmp_path):
   d, ref = str(tmp_path / "d"), str(tmp_path / "ref")
   _ok("train", "--dir", d, *TRAIN[:4], "--epochs", "3", "--batch-size", "32")
