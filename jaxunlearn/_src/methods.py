@@ -14,7 +14,11 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jaxunlearn._src import adversarial, distill, lane_recipes, lanes, lm_knowledge, lm_recipes, lm_rmu, recipes, relabel, sparse
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxunlearn._src import adversarial, distill, lane_recipes, lm_knowledge, lm_recipes, lm_rmu, recipes, relabel, sparse
 
 # Arguments of a recipe that are not hyper-parameters: the data, the seed, and what a user may
 # pass to override a default derived from the others.
@@ -80,9 +84,16 @@ class Method:
     if self.unlearn_many is not None:
       return self.unlearn_many(stacked, **{**self.defaults, **overrides})
     needs = {k: stacked.context(k) for k in self.needs}
-    out = [self(stacked.loss_fn, lanes.unstack(stacked.params, m), forget=stacked.forget, retain=stacked.retain,
-                seed=int(seed), **needs, **overrides) for m, seed in enumerate(stacked.seeds)]
-    return lanes.stack(out)
+    # The stacked models may be sharded over devices (lanes): take them to the host and run each
+    # model on the default device, blocking after each (slicing a sharded stack model by model
+    # queues cross-device copies that can stall forced CPU devices).
+    host = jax.device_get(stacked.params)
+    out = []
+    for m, seed in enumerate(stacked.seeds):
+      one = jax.tree.map(lambda a: jnp.asarray(a[m]), host)  # noqa: B023 - used at once
+      out.append(jax.device_get(self(stacked.loss_fn, one, forget=stacked.forget, retain=stacked.retain,
+                                     seed=int(seed), **needs, **overrides)))
+    return jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *out)
 
   def describe(self, **overrides) -> str:
     """The summary with the hyper-parameters in use."""
