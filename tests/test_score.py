@@ -8,7 +8,7 @@ from jaxunlearn import cli, data, losses, methods, metrics, models, training
 from jaxunlearn._src import score
 
 
-@pytest.mark.slow  # 35 s: run with `python -m pytest -m slow` (test_methods runs `score` on a small case by default)
+@pytest.mark.slow  # ~130 s (17 methods): run with `python -m pytest -m slow` (test_methods runs `score` on a small case by default)
 def test_random_forgetting_score_with_32_models(tmp_path, capsys):
   # The check: on digits, random 10% forgetting, N >= 32, at least one method beats
   # fine-tuning on the retain set alone.
