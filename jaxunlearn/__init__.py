@@ -42,6 +42,7 @@ from jaxunlearn._src.relabel import random_labels
 from jaxunlearn._src.relabel import saliency_mask
 from jaxunlearn._src.sparse import DecayingL1State
 from jaxunlearn._src.sparse import decaying_l1
+from jaxunlearn._src.knn import KNNClassifier
 
 __version__ = "0.1.0"
 
@@ -83,5 +84,6 @@ __all__ = (
     "saliency_mask",
     "DecayingL1State",
     "decaying_l1",
+    "KNNClassifier",
     "training",
 )

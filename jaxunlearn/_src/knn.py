@@ -1,0 +1,165 @@
+r"""A k-nearest-neighbour classifier whose forgetting is exact by construction.
+
+The index holds its rows in id order. A query's neighbours are the ``k`` rows of smallest squared
+L2 distance, ties broken by the smaller id; its label is the most frequent label among them,
+ties broken by the smaller class. ``forget(ids)`` overwrites the rows of those ids with zeros
+and marks them absent (their distances are then infinite), so every later answer is the one an
+index built without them gives: the remaining rows keep their relative order, the distance of a
+query to a row does not depend on the other rows (rows are scored in chunks of a fixed shape),
+and the running top-k keeps the lower row first among equal distances (``lax.top_k``'s rule).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpy.typing import ArrayLike
+
+from jaxunlearn._src import data as data_lib
+
+
+@functools.lru_cache(maxsize=32)
+def _search(k: int, chunk: int):
+  @jax.jit
+  def search(rows, sq_norms, valid, queries):
+    q_sq = jnp.sum(queries * queries, axis=1)
+    n_chunks = rows.shape[0] // chunk
+    best_d = jnp.full((queries.shape[0], k), jnp.inf, jnp.float32)
+    best_i = jnp.full((queries.shape[0], k), -1, jnp.int32)
+
+    def body(c, carry):
+      best_d, best_i = carry
+      x = jax.lax.dynamic_slice_in_dim(rows, c * chunk, chunk)
+      d = q_sq[:, None] - 2.0 * (queries @ x.T) + jax.lax.dynamic_slice_in_dim(sq_norms, c * chunk, chunk)[None]
+      d = jnp.where(jax.lax.dynamic_slice_in_dim(valid, c * chunk, chunk)[None], jnp.maximum(d, 0.0), jnp.inf)
+      idx = c * chunk + jnp.arange(chunk, dtype=jnp.int32)
+      all_d = jnp.concatenate([best_d, d], axis=1)  # the earlier (lower) rows first: kept first on ties
+      all_i = jnp.concatenate([best_i, jnp.broadcast_to(idx[None], d.shape)], axis=1)
+      neg, pos = jax.lax.top_k(-all_d, k)
+      return -neg, jnp.take_along_axis(all_i, pos, axis=1)
+
+    return jax.lax.fori_loop(0, n_chunks, body, (best_d, best_i))
+
+  return search
+
+
+class KNNClassifier:
+  r"""Exact-forgetting k-NN classifier over embeddings (raw inputs flattened, or a model's features).
+
+  Args:
+    embeddings: ``[n, d]`` (or ``[n, ...]``, flattened) float array.
+    labels: ``[n]`` integer labels.
+    ids: ``[n]`` unique example ids (integers; ``jaxunlearn.data.as_ids`` rules).
+    k: neighbours per query.
+    num_classes: number of classes (default ``max(labels) + 1``).
+    chunk: rows scored at once (memory: ``queries x chunk`` distances); the index is padded to a
+      multiple of it.
+
+  Example:
+    >>> import numpy as np
+    >>> import jaxunlearn as ju
+    >>> knn = ju.KNNClassifier(np.array([[0.0], [1.0], [10.0]]), np.array([0, 0, 1]), [5, 6, 7], k=1)
+    >>> knn.predict(np.array([[9.0]])).tolist()
+    [1]
+    >>> knn.forget([7])
+    1
+    >>> knn.predict(np.array([[9.0]])).tolist()
+    [0]
+  """
+
+  def __init__(self, embeddings: ArrayLike, labels: ArrayLike, ids: ArrayLike, *, k: int = 5, num_classes: int | None = None, chunk: int = 4096):
+    x = np.asarray(embeddings, np.float32)
+    x = x.reshape(len(x), -1)
+    y = np.asarray(labels)
+    ids = data_lib.as_ids(ids)
+    if not (len(x) == len(y) == len(ids)):
+      raise ValueError(f"embeddings, labels and ids must have the same length; got {len(x)}, {len(y)}, {len(ids)}.")
+    if len(x) == 0:
+      raise ValueError("a kNN index needs at least one example.")
+    if len(np.unique(ids)) != len(ids):
+      raise ValueError("ids must be unique.")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+      raise ValueError("labels must be non-negative integers.")
+    if not np.all(np.isfinite(x)):
+      raise ValueError("embeddings contain NaN or infinity.")
+    if k < 1:
+      raise ValueError(f"k must be >= 1, got {k}.")
+    self.k, self.chunk = int(k), int(chunk)
+    self.num_classes = int(num_classes if num_classes is not None else y.max() + 1)
+    if y.max() >= self.num_classes:
+      raise ValueError(f"labels go up to {y.max()}, beyond num_classes={self.num_classes}.")
+    order = np.argsort(ids, kind="stable")  # rows in id order: ties go to the smaller id
+    n = len(x)
+    size = -(-n // self.chunk) * self.chunk
+    rows = np.zeros((size, x.shape[1]), np.float32)
+    rows[:n] = x[order]
+    self._ids = np.full(size, -1, np.int64)
+    self._ids[:n] = ids[order]
+    self._labels = np.zeros(size, np.int32)
+    self._labels[:n] = y[order]
+    valid = np.zeros(size, bool)
+    valid[:n] = True
+    self._rows = jnp.asarray(rows)
+    self._sq = jnp.sum(self._rows * self._rows, axis=1)
+    self._valid = jnp.asarray(valid)
+    self._host_valid = valid
+
+  def __len__(self) -> int:
+    return int(self._host_valid.sum())
+
+  @property
+  def ids(self) -> np.ndarray:
+    """The ids held, in order."""
+    return self._ids[self._host_valid].copy()
+
+  def kneighbors(self, queries: ArrayLike, *, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids [q, k], squared distances [q, k])`` of each query's neighbours, nearest first (id
+    -1 and distance inf where the index holds fewer than ``k`` examples)."""
+    q = np.asarray(queries, np.float32).reshape(len(queries), -1)
+    if q.shape[1] != self._rows.shape[1]:
+      raise ValueError(f"queries have {q.shape[1]} features, the index {self._rows.shape[1]}.")
+    search = _search(self.k, self.chunk)
+    out_i, out_d = [], []
+    for start in range(0, len(q), batch_size):
+      part = q[start:start + batch_size]
+      pad = batch_size - len(part) if len(q) > batch_size else 0
+      part = np.concatenate([part, np.zeros((pad, q.shape[1]), np.float32)]) if pad else part
+      d, i = search(self._rows, self._sq, self._valid, jnp.asarray(part))
+      keep = len(part) - pad
+      out_d.append(np.asarray(d)[:keep])
+      out_i.append(np.asarray(i)[:keep])
+    rows, dist = np.concatenate(out_i), np.concatenate(out_d)
+    return np.where(np.isfinite(dist), self._ids[np.maximum(rows, 0)], -1), dist
+
+  def predict(self, queries: ArrayLike, *, batch_size: int = 1024) -> np.ndarray:
+    """The most frequent label among each query's ``k`` neighbours (ties: the smaller class)."""
+    ids, dist = self.kneighbors(queries, batch_size=batch_size)
+    order = np.argsort(self._ids[self._host_valid])
+    held, labels = self._ids[self._host_valid][order], self._labels[self._host_valid][order]
+    found = np.isfinite(dist)
+    lab = labels[np.searchsorted(held, np.where(found, ids, held[0]))]
+    votes = np.zeros((len(ids), self.num_classes), np.int64)
+    np.add.at(votes, (np.repeat(np.arange(len(ids)), self.k)[found.ravel()], lab.ravel()[found.ravel()]), 1)
+    return np.argmax(votes, axis=1)  # argmax takes the first (smallest) class among equal counts
+
+  def forget(self, ids: ArrayLike) -> int:
+    """Removes the examples ``ids`` (their rows are overwritten with zeros and marked absent);
+    returns how many were removed. Unknown or already removed ids raise ``ValueError``, naming
+    them, and nothing is removed."""
+    ids = data_lib.as_ids(ids)
+    if len(ids) == 0:
+      raise ValueError("forget got no ids.")
+    held = self._ids[self._host_valid]
+    missing = np.setdiff1d(ids, held)
+    if len(missing):
+      raise ValueError(f"ids not in the index: {missing[:20].tolist()}{' ...' if len(missing) > 20 else ''}.")
+    rows = np.flatnonzero(np.isin(self._ids, ids) & self._host_valid)
+    self._host_valid[rows] = False
+    r = jnp.asarray(rows)
+    self._rows = self._rows.at[r].set(0.0)
+    self._sq = self._sq.at[r].set(0.0)
+    self._valid = jnp.asarray(self._host_valid)
+    return len(rows)
