@@ -88,3 +88,26 @@ def test_bad_input_is_named():
   # Fewer rows than k: the missing neighbours are id -1 at infinite distance.
   ids, d = ju.KNNClassifier(np.zeros((1, 1)), [0], [8], k=3).kneighbors(np.zeros((1, 1)))
   assert ids.tolist() == [[8, -1, -1]] and np.isinf(d[0, 1:]).all()
+
+
+def test_an_index_sharded_over_8_devices_answers_as_the_unsharded_one():
+  import jax
+
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("rows",))
+  rng = np.random.default_rng(2)
+  x = rng.integers(0, 3, size=(3000, 4)).astype(np.float32)  # many exact ties, across devices
+  y = rng.integers(0, 6, 3000)
+  ids = rng.permutation(3000) + 100
+  q = rng.integers(0, 3, size=(70, 4)).astype(np.float32)
+  one = ju.KNNClassifier(x, y, ids, k=9, chunk=64)
+  sharded = ju.KNNClassifier(x, y, ids, k=9, chunk=64, mesh=mesh)
+  assert len(sharded._rows.sharding.device_set) == 8
+  for got, want in zip(sharded.kneighbors(q), one.kneighbors(q)):
+    np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(sharded.kneighbors(q)[0], _brute(x, y, ids, q, 9, 6)[0])
+  gone = rng.choice(ids, 400, replace=False)
+  one.forget(gone)
+  sharded.forget(gone)
+  for got, want in zip(sharded.kneighbors(q), one.kneighbors(q)):
+    np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(sharded.predict(q), one.predict(q))

@@ -19,31 +19,52 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from jaxunlearn._src import data as data_lib
+from jaxunlearn._src.base import vary, varying_axes
+
+
+def _scan(rows, sq_norms, valid, queries, *, k: int, chunk: int, base):
+  """The ``k`` nearest of ``rows`` (global row numbers from ``base``): ``(distances, rows)``."""
+  q_sq = jnp.sum(queries * queries, axis=1)
+  axes = varying_axes(jax.typeof(rows))  # inside shard_map: the carry varies as the rows do
+  best_d = vary(jnp.full((queries.shape[0], k), jnp.inf, jnp.float32), axes)
+  best_i = vary(jnp.full((queries.shape[0], k), -1, jnp.int32), axes)
+
+  def body(c, carry):
+    best_d, best_i = carry
+    x = jax.lax.dynamic_slice_in_dim(rows, c * chunk, chunk)
+    d = q_sq[:, None] - 2.0 * (queries @ x.T) + jax.lax.dynamic_slice_in_dim(sq_norms, c * chunk, chunk)[None]
+    d = jnp.where(jax.lax.dynamic_slice_in_dim(valid, c * chunk, chunk)[None], jnp.maximum(d, 0.0), jnp.inf)
+    idx = base + c * chunk + jnp.arange(chunk, dtype=jnp.int32)
+    return _merge(jnp.concatenate([best_d, d], axis=1),
+                  jnp.concatenate([best_i, jnp.broadcast_to(idx[None], d.shape)], axis=1), k)
+
+  return jax.lax.fori_loop(0, rows.shape[0] // chunk, body, (best_d, best_i))
+
+
+def _merge(d, i, k):
+  # Candidates are laid out lower rows first; lax.top_k keeps the earlier of equal values.
+  neg, pos = jax.lax.top_k(-d, k)
+  return -neg, jnp.take_along_axis(i, pos, axis=1)
 
 
 @functools.lru_cache(maxsize=32)
-def _search(k: int, chunk: int):
-  @jax.jit
-  def search(rows, sq_norms, valid, queries):
-    q_sq = jnp.sum(queries * queries, axis=1)
-    n_chunks = rows.shape[0] // chunk
-    best_d = jnp.full((queries.shape[0], k), jnp.inf, jnp.float32)
-    best_i = jnp.full((queries.shape[0], k), -1, jnp.int32)
+def _search(k: int, chunk: int, mesh=None):
+  if mesh is None:
+    return jax.jit(functools.partial(_scan, k=k, chunk=chunk, base=0))
+  axis = mesh.axis_names[0]
+  P = jax.sharding.PartitionSpec
 
-    def body(c, carry):
-      best_d, best_i = carry
-      x = jax.lax.dynamic_slice_in_dim(rows, c * chunk, chunk)
-      d = q_sq[:, None] - 2.0 * (queries @ x.T) + jax.lax.dynamic_slice_in_dim(sq_norms, c * chunk, chunk)[None]
-      d = jnp.where(jax.lax.dynamic_slice_in_dim(valid, c * chunk, chunk)[None], jnp.maximum(d, 0.0), jnp.inf)
-      idx = c * chunk + jnp.arange(chunk, dtype=jnp.int32)
-      all_d = jnp.concatenate([best_d, d], axis=1)  # the earlier (lower) rows first: kept first on ties
-      all_i = jnp.concatenate([best_i, jnp.broadcast_to(idx[None], d.shape)], axis=1)
-      neg, pos = jax.lax.top_k(-all_d, k)
-      return -neg, jnp.take_along_axis(all_i, pos, axis=1)
+  def local(rows, sq_norms, valid, queries):
+    base = jax.lax.axis_index(axis) * rows.shape[0]
+    d, i = _scan(rows, sq_norms, valid, queries, k=k, chunk=chunk, base=base)
+    # Every device's k best, device 0 (the lowest rows) first, merged into the global k best.
+    d_all = jax.lax.all_gather(d, axis, axis=1, tiled=True)
+    i_all = jax.lax.all_gather(i, axis, axis=1, tiled=True)
+    d, i = _merge(d_all, i_all, k)
+    return d[None], i[None]  # the same on every device: one copy per device, the first is kept
 
-    return jax.lax.fori_loop(0, n_chunks, body, (best_d, best_i))
-
-  return search
+  mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis), P(axis), P()), out_specs=(P(axis), P(axis)))
+  return jax.jit(lambda *args: tuple(x[0] for x in mapped(*args)))
 
 
 class KNNClassifier:
@@ -56,7 +77,10 @@ class KNNClassifier:
     k: neighbours per query.
     num_classes: number of classes (default ``max(labels) + 1``).
     chunk: rows scored at once (memory: ``queries x chunk`` distances); the index is padded to a
-      multiple of it.
+      multiple of it (per device).
+    mesh: a one-axis ``jax.sharding.Mesh`` to shard the rows over (a large index): each device
+      finds its own k best, and they are merged in row order, so the answers are those of the
+      unsharded index.
 
   Example:
     >>> import numpy as np
@@ -70,7 +94,8 @@ class KNNClassifier:
     [0]
   """
 
-  def __init__(self, embeddings: ArrayLike, labels: ArrayLike, ids: ArrayLike, *, k: int = 5, num_classes: int | None = None, chunk: int = 4096):
+  def __init__(self, embeddings: ArrayLike, labels: ArrayLike, ids: ArrayLike, *, k: int = 5, num_classes: int | None = None, chunk: int = 4096,
+               mesh: jax.sharding.Mesh | None = None):
     x = np.asarray(embeddings, np.float32)
     x = x.reshape(len(x), -1)
     y = np.asarray(labels)
@@ -93,7 +118,11 @@ class KNNClassifier:
       raise ValueError(f"labels go up to {y.max()}, beyond num_classes={self.num_classes}.")
     order = np.argsort(ids, kind="stable")  # rows in id order: ties go to the smaller id
     n = len(x)
-    size = -(-n // self.chunk) * self.chunk
+    if mesh is not None and len(mesh.axis_names) != 1:
+      raise ValueError(f"the mesh must have one axis (the index's rows), got {mesh.axis_names}.")
+    self.mesh = mesh
+    parts = 1 if mesh is None else mesh.devices.size
+    size = -(-n // (self.chunk * parts)) * self.chunk * parts
     rows = np.zeros((size, x.shape[1]), np.float32)
     rows[:n] = x[order]
     self._ids = np.full(size, -1, np.int64)
@@ -102,10 +131,15 @@ class KNNClassifier:
     self._labels[:n] = y[order]
     valid = np.zeros(size, bool)
     valid[:n] = True
-    self._rows = jnp.asarray(rows)
-    self._sq = jnp.sum(self._rows * self._rows, axis=1)
-    self._valid = jnp.asarray(valid)
     self._host_valid = valid
+    self._rows = self._place(rows)
+    self._sq = self._place(np.sum(rows * rows, axis=1))
+    self._valid = self._place(valid)
+
+  def _place(self, a: np.ndarray) -> jax.Array:
+    if self.mesh is None:
+      return jnp.asarray(a)
+    return jax.device_put(a, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(self.mesh.axis_names[0])))
 
   def __len__(self) -> int:
     return int(self._host_valid.sum())
@@ -121,7 +155,7 @@ class KNNClassifier:
     q = np.asarray(queries, np.float32).reshape(len(queries), -1)
     if q.shape[1] != self._rows.shape[1]:
       raise ValueError(f"queries have {q.shape[1]} features, the index {self._rows.shape[1]}.")
-    search = _search(self.k, self.chunk)
+    search = _search(self.k, self.chunk, self.mesh)
     out_i, out_d = [], []
     for start in range(0, len(q), batch_size):
       part = q[start:start + batch_size]
@@ -161,5 +195,5 @@ class KNNClassifier:
     r = jnp.asarray(rows)
     self._rows = self._rows.at[r].set(0.0)
     self._sq = self._sq.at[r].set(0.0)
-    self._valid = jnp.asarray(self._host_valid)
+    self._valid = self._place(self._host_valid)
     return len(rows)
