@@ -67,6 +67,11 @@ def _search(k: int, chunk: int, mesh=None):
   return jax.jit(lambda *args: tuple(x[0] for x in mapped(*args)))
 
 
+@functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+def _erase(rows, sq_norms, valid, which):
+  return rows.at[which].set(0.0), sq_norms.at[which].set(0.0), valid.at[which].set(False)
+
+
 class KNNClassifier:
   r"""Exact-forgetting k-NN classifier over embeddings (raw inputs flattened, or a model's features).
 
@@ -131,7 +136,7 @@ class KNNClassifier:
     self._labels[:n] = y[order]
     valid = np.zeros(size, bool)
     valid[:n] = True
-    self._host_valid = valid
+    self._host_valid, self._n = valid, n
     self._rows = self._place(rows)
     self._sq = self._place(np.sum(rows * rows, axis=1))
     self._valid = self._place(valid)
@@ -149,9 +154,7 @@ class KNNClassifier:
     """The ids held, in order."""
     return self._ids[self._host_valid].copy()
 
-  def kneighbors(self, queries: ArrayLike, *, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids [q, k], squared distances [q, k])`` of each query's neighbours, nearest first (id
-    -1 and distance inf where the index holds fewer than ``k`` examples)."""
+  def _rows_of(self, queries: ArrayLike, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     q = np.asarray(queries, np.float32).reshape(len(queries), -1)
     if q.shape[1] != self._rows.shape[1]:
       raise ValueError(f"queries have {q.shape[1]} features, the index {self._rows.shape[1]}.")
@@ -165,35 +168,40 @@ class KNNClassifier:
       keep = len(part) - pad
       out_d.append(np.asarray(d)[:keep])
       out_i.append(np.asarray(i)[:keep])
-    rows, dist = np.concatenate(out_i), np.concatenate(out_d)
+    return np.concatenate(out_i), np.concatenate(out_d)
+
+  def kneighbors(self, queries: ArrayLike, *, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids [q, k], squared distances [q, k])`` of each query's neighbours, nearest first (id
+    -1 and distance inf where the index holds fewer than ``k`` examples)."""
+    rows, dist = self._rows_of(queries, batch_size)
     return np.where(np.isfinite(dist), self._ids[np.maximum(rows, 0)], -1), dist
 
   def predict(self, queries: ArrayLike, *, batch_size: int = 1024) -> np.ndarray:
     """The most frequent label among each query's ``k`` neighbours (ties: the smaller class)."""
-    ids, dist = self.kneighbors(queries, batch_size=batch_size)
-    order = np.argsort(self._ids[self._host_valid])
-    held, labels = self._ids[self._host_valid][order], self._labels[self._host_valid][order]
-    found = np.isfinite(dist)
-    lab = labels[np.searchsorted(held, np.where(found, ids, held[0]))]
-    votes = np.zeros((len(ids), self.num_classes), np.int64)
-    np.add.at(votes, (np.repeat(np.arange(len(ids)), self.k)[found.ravel()], lab.ravel()[found.ravel()]), 1)
+    rows, dist = self._rows_of(queries, batch_size)
+    found = np.isfinite(dist).ravel()
+    votes = np.zeros((len(rows), self.num_classes), np.int64)
+    np.add.at(votes, (np.repeat(np.arange(len(rows)), self.k)[found], self._labels[rows.ravel()[found]]), 1)
     return np.argmax(votes, axis=1)  # argmax takes the first (smallest) class among equal counts
 
   def forget(self, ids: ArrayLike) -> int:
     """Removes the examples ``ids`` (their rows are overwritten with zeros and marked absent);
     returns how many were removed. Unknown or already removed ids raise ``ValueError``, naming
     them, and nothing is removed."""
-    ids = data_lib.as_ids(ids)
+    ids = np.unique(data_lib.as_ids(ids))
     if len(ids) == 0:
       raise ValueError("forget got no ids.")
-    held = self._ids[self._host_valid]
-    missing = np.setdiff1d(ids, held)
-    if len(missing):
+    held = self._ids[:self._n]  # sorted: the rows are in id order
+    pos = np.minimum(np.searchsorted(held, ids), self._n - 1)
+    present = (held[pos] == ids) & self._host_valid[pos]
+    if not present.all():
+      missing = ids[~present]
       raise ValueError(f"ids not in the index: {missing[:20].tolist()}{' ...' if len(missing) > 20 else ''}.")
-    rows = np.flatnonzero(np.isin(self._ids, ids) & self._host_valid)
+    rows = pos
     self._host_valid[rows] = False
-    r = jnp.asarray(rows)
-    self._rows = self._rows.at[r].set(0.0)
-    self._sq = self._sq.at[r].set(0.0)
-    self._valid = self._place(self._host_valid)
+    # In place (the buffers are donated); the row list is padded to a power of two by repeating
+    # its first row (zeroing twice is zeroing once), so request sizes share a few programs.
+    padded = np.full(1 << int(np.ceil(np.log2(len(rows)))), rows[0], np.int32)
+    padded[:len(rows)] = rows
+    self._rows, self._sq, self._valid = _erase(self._rows, self._sq, self._valid, jnp.asarray(padded))
     return len(rows)
