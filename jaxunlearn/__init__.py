@@ -35,7 +35,7 @@ from jaxunlearn._src.ssd import selective_synaptic_dampening
 from jaxunlearn._src.ssd import ssd_dampen
 from jaxunlearn._src.ssd import ssd_selection
 from jaxunlearn._src.adversarial import nearest_adversarial
-from jaxunlearn._src.distill import kl_to_teacher
+from jaxunlearn._src.losses import kl_to_teacher
 from jaxunlearn._src.relabel import FreezeState
 from jaxunlearn._src.relabel import freeze_entries
 from jaxunlearn._src.relabel import random_labels

@@ -1,5 +1,6 @@
 """Pruning + fine-tune, l1-sparse, noise + fine-tune and Fisher forgetting against closed forms."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -78,3 +79,29 @@ def test_noise_finetune_draws_the_calibrated_sigma():
                                seed=0, epsilon=0.5, delta=1e-5, sensitivity=0.1, epochs=0, stats=stats)
   assert stats["sigma"] == ju.gaussian_sigma(0.5, 1e-5, 0.1)
   assert abs(float(np.std(np.asarray(out["w"]))) / stats["sigma"] - 1) < 0.02
+
+
+def test_l1_sparse_runs_of_other_lengths_share_one_compiled_step():
+  apply, params, data = _linear_problem(n=96)
+  traces = []
+
+  def loss(p, batch):
+    traces.append(1)
+    return ju.losses.cross_entropy_loss(apply)(p, batch)
+
+  recipes.l1_sparse(loss, params, retain=data, seed=0, epochs=2, batch_size=16)
+  first = len(traces)
+  short = {k: v[:64] for k, v in data.items()}  # another retain size: another run length T
+  out = recipes.l1_sparse(loss, params, retain=short, seed=0, epochs=2, batch_size=16)
+  assert len(traces) == first
+  # The same steps written out: SGD with momentum on g + alpha (1 - t/T) sign(w), T = 2 * 4.
+  p, opt = params, optax.sgd(1e-2, momentum=0.9)
+  s = opt.init(p)
+  batches = [b for e in range(2) for b in ju.data.batches(recipes.as_dataset(short, name="r"), 16, seed=0, epoch=e)]
+  for t, b in enumerate(batches):
+    g = jax.grad(ju.losses.cross_entropy_loss(apply))(p, b)
+    g = jax.tree.map(lambda gi, wi: gi + 2e-2 * max(0.0, 1 - t / 8) * jnp.sign(wi), g, p)
+    u, s = opt.update(g, s, p)
+    p = optax.apply_updates(p, u)
+  for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(p)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

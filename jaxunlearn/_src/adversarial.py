@@ -18,7 +18,7 @@ from jaxunlearn._src import data as data_lib
 from jaxunlearn._src import training
 from jaxunlearn._src.base import ApplyFn, LossFn, Params
 from jaxunlearn._src.recipes import Data, cached_optimizer, required, union
-from jaxunlearn._src.relabel import saliency_mask
+from jaxunlearn._src.relabel import mask_count, saliency_mask
 
 
 def _norms(v: jax.Array) -> jax.Array:
@@ -104,9 +104,10 @@ def nearest_adversarial(
   return {"x": out_x, "label": label, "radius": radius, "found": found}
 
 
-def _adversarial_set(forget: data_lib.Dataset, adv: dict, others: list[data_lib.Dataset]) -> data_lib.Dataset:
+def _adversarial_set(forget: data_lib.Dataset, adv: dict, retain: data_lib.Dataset | None) -> data_lib.Dataset:
   keep = np.flatnonzero(adv["found"])
-  first = max(int(np.max(d.ids)) for d in [forget] + others) + 1  # ids disjoint from every real example
+  # Ids disjoint from every real example's.
+  first = max(int(np.max(forget.ids)), -1 if retain is None else int(np.max(retain.ids))) + 1
   return dataclasses.replace(forget, x=adv["x"][keep], y=adv["label"][keep].astype(forget.y.dtype),
                              ids=np.arange(first, first + len(keep), dtype=np.int64), name=f"{forget.name}-adversarial")
 
@@ -135,14 +136,13 @@ def amun(
   forget = required(forget, "forget", "amun")
   adv = nearest_adversarial(apply_fn, params, forget.x, forget.y, start=start, growth=growth, rounds=rounds,
                             steps=steps)
-  others = [required(retain, "retain", "amun")] if with_retain else []
-  adv_ds = _adversarial_set(forget, adv, others)
+  retain = required(retain, "retain", "amun") if with_retain else None
+  data = union(forget, _adversarial_set(forget, adv, retain))
+  if retain is not None:
+    data = union(data, retain)
   if stats is not None:
     stats.update(found=int(adv["found"].sum()), of=len(forget),
                  median_radius=float(np.nanmedian(adv["radius"])) if adv["found"].any() else None)
-  data = union(forget, adv_ds)
-  for other in others:
-    data = union(data, other)
   return training.fit(loss_fn, params, data, optimizer=cached_optimizer("adam", learning_rate), epochs=epochs,
                       batch_size=batch_size, seed=seed)
 
@@ -178,6 +178,6 @@ def aru(
   fresh = init_fn(jax.random.fold_in(jax.random.key(seed), 19))
   reset = jax.tree.map(lambda p, f, m: jnp.where(m > 0, f.astype(p.dtype), p), params, fresh, mask)
   if stats is not None:
-    stats.update(reset=int(sum(float(jnp.sum(m)) for m in jax.tree.leaves(mask))), found=int(adv["found"].sum()))
+    stats.update(reset=mask_count(mask), found=int(adv["found"].sum()))
   return training.fit(loss_fn, reset, retain, optimizer=cached_optimizer("adam", learning_rate), epochs=epochs,
                       batch_size=batch_size, seed=seed)

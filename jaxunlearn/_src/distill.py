@@ -2,7 +2,7 @@ r"""Methods that compare the model with a teacher's predictions: KL-regularised 
 SCRUB+R (Kurmanji et al., NeurIPS 2023) and bad-teacher distillation (Chundawat et al., AAAI 2023).
 
 Their losses read the teacher's parameters from the batch (``batch["teacher"]``), so one compiled
-step serves every request and every teacher. ``kl_to_teacher`` is the divergence they share.
+step serves every request and every teacher. ``losses.kl_to_teacher`` is the divergence they share.
 """
 
 from __future__ import annotations
@@ -18,29 +18,8 @@ import optax
 from jaxunlearn._src import data as data_lib
 from jaxunlearn._src import training
 from jaxunlearn._src.base import ApplyFn, LossFn, Params
-from jaxunlearn._src.losses import masked_mean
-from jaxunlearn._src.recipes import Data, cached_optimizer, paired, required, run_steps
-
-
-def kl_to_teacher(teacher_logits: jax.Array, student_logits: jax.Array, temperature: float = 1.0) -> jax.Array:
-  r"""Per-example :math:`T^2\,\mathrm{KL}(\mathrm{softmax}(t/T)\,\|\,\mathrm{softmax}(s/T))`
-  (SCRUB's and Hinton et al.'s distillation divergence, the teacher's distribution first), in
-  float32.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from jaxunlearn import kl_to_teacher
-    >>> float(kl_to_teacher(jnp.array([[0.0, 0.0]]), jnp.array([[0.0, 0.0]]))[0])
-    0.0
-  """
-  t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature, axis=-1)
-  s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
-  return jnp.sum(jnp.exp(t) * (t - s), axis=-1) * temperature ** 2
-
-
-def _ce(logits, y):
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(logp, y.astype(jnp.int32)[:, None], axis=-1)[:, 0]
+from jaxunlearn._src.losses import _label_nll, kl_to_teacher, masked_mean
+from jaxunlearn._src.recipes import Data, cached_optimizer, epochs_of, paired, required, run_steps
 
 
 def _with_teacher(batches, teacher):
@@ -94,7 +73,8 @@ def _scrub_losses(apply_fn: ApplyFn, temperature: float, ce_weight: float, kl_we
   def min_loss(params, batch):  # stay with the teacher, and right, on the retain set
     logits = apply_fn(params, batch["x"])
     kl = kl_to_teacher(apply_fn(batch["teacher"], batch["x"]), logits, temperature)
-    return masked_mean(ce_weight * _ce(logits, batch["y"]) + kl_weight * kl, batch)
+    ce = _label_nll(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), batch["y"], batch)
+    return masked_mean(ce_weight * ce + kl_weight * kl, batch)
 
   return max_loss, min_loss
 
@@ -189,8 +169,6 @@ def scrub_r(
   return checkpoints[best]
 
 
-
-
 @functools.lru_cache(maxsize=32)
 def _bad_teacher_loss(apply_fn: ApplyFn, temperature: float):
   def loss(params, batch):
@@ -235,8 +213,7 @@ def bad_teacher(
                            ids=ids, num_classes=2, name=f"{forget.name}+retain")
   teachers = {"good": params, "bad": init_fn(jax.random.fold_in(jax.random.key(seed), 17))}
   opt = cached_optimizer("adam", learning_rate)
-  batches = _with_teacher((b for e in range(epochs) for b in data_lib.batches(mixed, batch_size, seed=seed, epoch=e)),
-                          teachers)
+  batches = _with_teacher(epochs_of(mixed, batch_size, seed=seed, epochs=epochs), teachers)
   out, _ = run_steps(_bad_teacher_loss(apply_fn, float(temperature)), opt, params, opt.init(params), batches)
   return out
 

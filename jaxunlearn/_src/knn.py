@@ -99,8 +99,8 @@ class KNNClassifier:
     [0]
   """
 
-  def __init__(self, embeddings: ArrayLike, labels: ArrayLike, ids: ArrayLike, *, k: int = 5, num_classes: int | None = None, chunk: int = 4096,
-               mesh: jax.sharding.Mesh | None = None):
+  def __init__(self, embeddings: ArrayLike, labels: ArrayLike, ids: ArrayLike, *, k: int = 5,
+               num_classes: int | None = None, chunk: int = 4096, mesh: jax.sharding.Mesh | None = None):
     x = np.asarray(embeddings, np.float32)
     x = x.reshape(len(x), -1)
     y = np.asarray(labels)
@@ -109,8 +109,6 @@ class KNNClassifier:
       raise ValueError(f"embeddings, labels and ids must have the same length; got {len(x)}, {len(y)}, {len(ids)}.")
     if len(x) == 0:
       raise ValueError("a kNN index needs at least one example.")
-    if len(np.unique(ids)) != len(ids):
-      raise ValueError("ids must be unique.")
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
       raise ValueError("labels must be non-negative integers.")
     if not np.all(np.isfinite(x)):
@@ -122,6 +120,8 @@ class KNNClassifier:
     if y.max() >= self.num_classes:
       raise ValueError(f"labels go up to {y.max()}, beyond num_classes={self.num_classes}.")
     order = np.argsort(ids, kind="stable")  # rows in id order: ties go to the smaller id
+    if np.any(ids[order][1:] == ids[order][:-1]):
+      raise ValueError("ids must be unique.")
     n = len(x)
     if mesh is not None and len(mesh.axis_names) != 1:
       raise ValueError(f"the mesh must have one axis (the index's rows), got {mesh.axis_names}.")

@@ -129,15 +129,29 @@ def teacher_kl_loss(apply_fn: ApplyFn, teacher_params: Params, *, temperature: f
   """
   if temperature <= 0:
     raise ValueError(f"temperature must be > 0, got {temperature}.")
-  teacher_params = jax.lax.stop_gradient(teacher_params)
 
   def loss(params: Params, batch: Batch) -> jax.Array:
-    t_logp = jax.nn.log_softmax(apply_fn(teacher_params, batch["x"]).astype(jnp.float32) / temperature)
-    s_logp = jax.nn.log_softmax(apply_fn(params, batch["x"]).astype(jnp.float32) / temperature)
-    kl = jnp.sum(jnp.exp(t_logp) * (t_logp - s_logp), axis=-1)
-    return masked_mean(kl, batch) * temperature**2
+    teacher = apply_fn(teacher_params, batch["x"])
+    return masked_mean(kl_to_teacher(teacher, apply_fn(params, batch["x"]), temperature), batch)
 
   return loss
+
+
+def kl_to_teacher(teacher_logits: jax.Array, student_logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+  r"""Per-example :math:`T^2\,\mathrm{KL}(\mathrm{softmax}(t/T)\,\|\,\mathrm{softmax}(s/T))`
+  (SCRUB's and Hinton et al.'s distillation divergence, the teacher's distribution first), in
+  float32.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxunlearn import kl_to_teacher
+    >>> float(kl_to_teacher(jnp.array([[0.0, 0.0]]), jnp.array([[0.0, 0.0]]))[0])
+    0.0
+  """
+  t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature, axis=-1)
+  s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+  return jnp.sum(jnp.exp(t) * (t - s), axis=-1) * temperature ** 2
+
 
 
 def uniform_kl_loss(apply_fn: ApplyFn) -> LossFn:

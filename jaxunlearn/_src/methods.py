@@ -179,7 +179,7 @@ register(Method(
     "after EU-k (re-initialise the last k layers and retrain them; here every layer is then fine-tuned), "
     "Goel et al., 2022, 'Towards adversarial evaluation of unlearning'",
     recipes.reset_repair, lane_recipes.reset_repair, needs=("init_fn",)))
-for _name, _summary, _citation, _recipe, _needs in (
+_CLASSIFICATION = (  # name, summary, citation, recipe, context the recipe needs
     ("random_label", "fine-tune on the forget set relabelled at random (wrong labels), with the retain set",
      "Golatkar et al., CVPR 2020 (baseline); Graves et al., 'Amnesiac Machine Learning', AAAI 2021",
      relabel.random_label, ()),
@@ -207,11 +207,9 @@ for _name, _summary, _citation, _recipe, _needs in (
      "Ebrahimpour-Boroojeny et al., 'AMUN: Adversarial Machine UNlearning', 2025", adversarial.amun, ("apply_fn",)),
     ("aru", "reset the parameters adversarial noise on the forget set acts through, fine-tune on retain",
      "Jung et al., 'Attack and Reset for Unlearning', 2024", adversarial.aru, ("apply_fn", "init_fn")),
-):
-  register(Method(_name, _summary, _citation, _recipe, needs=_needs))
+)
 
-# Language-model methods: name, summary, citation, recipe, context the recipe needs.
-for _name, _summary, _citation, _recipe, _needs in (
+_LM = (  # language-model methods: name, summary, citation, recipe, context the recipe needs
     ("gradient_ascent", "gradient ascent on the forget answers' next-token NLL",
      "TOFU's GradAscent (Maini et al., COLM 2024); Jang et al., ACL 2023", lm_recipes.gradient_ascent, ()),
     ("gradient_difference", "ascend the forget NLL while descending the retain NLL (or KL to the start)",
@@ -230,5 +228,7 @@ for _name, _summary, _citation, _recipe, _needs in (
     ("knowledge_unlearning", "gradient ascent until forget memorisation and extraction fall below held-out text's",
      "Jang et al., 'Knowledge Unlearning for Mitigating Privacy Risks in Language Models', ACL 2023",
      lm_knowledge.knowledge_unlearning, ("holdout",)),
-):
-  register(Method(_name, _summary, _citation, _recipe, needs=_needs, task="lm"))
+)
+for _task, _rows in (("classification", _CLASSIFICATION), ("lm", _LM)):
+  for _name, _summary, _citation, _recipe, _needs in _rows:
+    register(Method(_name, _summary, _citation, _recipe, needs=_needs, task=_task))

@@ -65,6 +65,11 @@ def cycled(ds: data_lib.Dataset, batch_size: int, *, seed: int):
   return itertools.chain.from_iterable(data_lib.batches(ds, size, seed=seed, epoch=e) for e in itertools.count())
 
 
+def epochs_of(ds: data_lib.Dataset, batch_size: int, *, seed: int, epochs: int):
+  """The batches of ``epochs`` passes over ``ds``, as ``training.fit`` takes them."""
+  return (b for e in range(epochs) for b in data_lib.batches(ds, batch_size, seed=seed, epoch=e))
+
+
 def run_steps(loss_fn: LossFn, optimizer: optax.GradientTransformation, params: Params, opt_state: Any, batches):
   """Takes one optimizer step of ``loss_fn`` per batch (a batch may be any pytree the loss reads,
   e.g. ``{"forget": ..., "retain": ...}``), through ``training.compiled_step``: the same
@@ -184,10 +189,7 @@ def gradient_difference(
   tx, step = _graddiff_step(loss_fn, opt, float(forget_weight), float(retain_weight), micro_batch,
                             state is not None)
   opt_state = tx.init(params)
-  forget_size = min(batch_size, len(forget))
-  forget_stream = itertools.chain.from_iterable(
-      data_lib.batches(forget, forget_size, seed=seed + 1, epoch=e) for e in itertools.count()
-  )
+  forget_stream = cycled(forget, batch_size, seed=seed + 1)
   for epoch in range(epochs):
     for retain_batch in data_lib.batches(retain, batch_size, seed=seed, epoch=epoch):
       if state is None:

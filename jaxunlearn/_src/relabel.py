@@ -17,7 +17,8 @@ import optax
 from jaxunlearn._src import data as data_lib
 from jaxunlearn._src import training
 from jaxunlearn._src.base import LossFn, Params
-from jaxunlearn._src.recipes import Data, cached_optimizer, required, run_steps, union
+from jaxunlearn._src.recipes import Data, cached_optimizer, epochs_of, required, run_steps, union
+from jaxunlearn._src.reset import global_rank
 
 
 def random_labels(y: np.ndarray, ids: np.ndarray, num_classes: int, *, seed: int) -> np.ndarray:
@@ -105,7 +106,7 @@ def fit_masked(loss_fn: LossFn, params: Params, data: data_lib.Dataset, trainabl
                batch_size: int, seed: int) -> Params:
   """``training.fit`` with the entries where ``trainable`` is 0 held at their values."""
   tx = masked_optimizer(opt)
-  batches = (b for e in range(epochs) for b in data_lib.batches(data, batch_size, seed=seed, epoch=e))
+  batches = epochs_of(data, batch_size, seed=seed, epochs=epochs)
   params, _ = run_steps(loss_fn, tx, params, masked_state(opt, params, trainable), batches)
   return params
 
@@ -127,13 +128,14 @@ def saliency_mask(loss_fn: LossFn, params: Params, forget: Data, *, fraction: fl
   for batch in data_lib.batches(forget, min(batch_size, len(forget)), seed=None, shuffle=False):
     total = grad(params, batch, total)
   leaves, treedef = jax.tree_util.tree_flatten(total)
-  flat = jnp.concatenate([jnp.abs(x).reshape(-1) for x in leaves])
-  k = max(1, int(round(float(fraction) * flat.size)))
-  order = jnp.argsort(-flat, stable=True)
-  keep = jnp.zeros(flat.shape, jnp.float32).at[order[:k]].set(1.0)
-  sizes = np.cumsum([0] + [x.size for x in leaves])
-  return jax.tree_util.tree_unflatten(treedef, [keep[a:b].reshape(x.shape) for a, b, x in
-                                                zip(sizes[:-1], sizes[1:], leaves)])
+  k = max(1, int(round(float(fraction) * sum(x.size for x in leaves))))
+  chosen = global_rank([jnp.abs(x) for x in leaves], k, largest=True)
+  return jax.tree_util.tree_unflatten(treedef, [c.astype(jnp.float32) for c in chosen])
+
+
+def mask_count(mask: Params) -> int:
+  """How many entries of a 0/1 mask pytree are 1."""
+  return int(sum(float(jnp.sum(m)) for m in jax.tree.leaves(mask)))
 
 
 @functools.lru_cache(maxsize=32)
@@ -145,6 +147,12 @@ def _summed_grad(loss_fn):
     return jax.tree.map(lambda t, x: t + n * x.astype(jnp.float32), total, g)
 
   return add
+
+
+def _relabelled_data(forget: Data, retain: Data | None, *, seed: int, with_retain: bool, method: str):
+  """The forget set with random wrong labels, with the retain set beside it when ``with_retain``."""
+  data = relabelled(required(forget, "forget", method), seed=seed)
+  return union(data, required(retain, "retain", method)) if with_retain else data
 
 
 def random_label(
@@ -163,10 +171,7 @@ def random_label(
   the true ones (the papers' code draws over all classes; a label equal to the truth would only
   re-teach the example).
   """
-  forget = required(forget, "forget", "random_label")
-  data = relabelled(forget, seed=seed)
-  if with_retain:
-    data = union(data, required(retain, "retain", "random_label"))
+  data = _relabelled_data(forget, retain, seed=seed, with_retain=with_retain, method="random_label")
   opt = optimizer or cached_optimizer("adam", learning_rate)
   return training.fit(loss_fn, params, data, optimizer=opt, epochs=epochs, batch_size=batch_size, seed=seed)
 
@@ -189,14 +194,10 @@ def salun(
   other fine-tuning recipes (tuned on digits). ``stats``, if a dict, receives ``"selected"`` and
   ``"parameters"`` (mask size).
   """
-  forget = required(forget, "forget", "salun")
+  data = _relabelled_data(forget, retain, seed=seed, with_retain=with_retain, method="salun")
   mask = saliency_mask(loss_fn, params, forget, fraction=fraction)
   if stats is not None:
-    stats.update(selected=int(sum(float(jnp.sum(m)) for m in jax.tree.leaves(mask))),
-                 parameters=int(sum(m.size for m in jax.tree.leaves(mask))))
-  data = relabelled(forget, seed=seed)
-  if with_retain:
-    data = union(data, required(retain, "retain", "salun"))
+    stats.update(selected=mask_count(mask), parameters=int(sum(m.size for m in jax.tree.leaves(mask))))
   return fit_masked(loss_fn, params, data, mask, opt=cached_optimizer("adam", learning_rate), epochs=epochs,
                     batch_size=batch_size, seed=seed)
 

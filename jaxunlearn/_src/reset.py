@@ -122,12 +122,18 @@ def prune_smallest(params: Params, fraction: float, mask: Mask | None = None) ->
   k = int(np.floor(float(fraction) * sum(sizes)))
   if k == 0:
     return params
-  magnitudes = jnp.concatenate([jnp.abs(leaves[i]).astype(jnp.float32).reshape(-1) for i in selected])
-  order = jnp.argsort(magnitudes, stable=True)
-  keep = jnp.ones(magnitudes.shape, bool).at[order[:k]].set(False)
-  offsets = np.cumsum([0] + sizes)
+  pruned = global_rank([jnp.abs(leaves[i]) for i in selected], k, largest=False)
   new_leaves = list(leaves)
-  for j, i in enumerate(selected):
-    leaf_keep = keep[offsets[j]:offsets[j + 1]].reshape(jnp.shape(leaves[i]))
-    new_leaves[i] = jnp.where(leaf_keep, leaves[i], jnp.zeros((), leaves[i].dtype))
+  for i, drop in zip(selected, pruned):
+    new_leaves[i] = jnp.where(drop, jnp.zeros((), leaves[i].dtype), leaves[i])
   return jax.tree_util.tree_unflatten(treedef, new_leaves)
+
+
+def global_rank(values: list[jax.Array], k: int, *, largest: bool) -> list[jax.Array]:
+  """Boolean arrays shaped like ``values``: True on the ``k`` entries of largest (or smallest)
+  value ranked over all of them together, ties broken by position (leaf order, then row-major)."""
+  flat = jnp.concatenate([jnp.asarray(v).astype(jnp.float32).reshape(-1) for v in values])
+  order = jnp.argsort(-flat if largest else flat, stable=True)
+  chosen = jnp.zeros(flat.shape, bool).at[order[:k]].set(True)
+  offsets = np.cumsum([0] + [int(np.size(v)) for v in values])
+  return [chosen[a:b].reshape(jnp.shape(v)) for a, b, v in zip(offsets[:-1], offsets[1:], values)]

@@ -112,7 +112,8 @@ def run(
   report["original"] = scored(original, original_s)
   report["retrain_ceiling"] = scored(ceiling, ceiling_s)
   floor, top = report["original"]["score"], report["retrain_ceiling"]["score"]
-  report["original"]["gap_share"], report["retrain_ceiling"]["gap_share"] = 0.0, 1.0
+  for row in (report["original"], report["retrain_ceiling"]):
+    row["gap_share"] = gap_share(row["score"], floor, top)
   stacked = Stacked(loss, init, original, train, forget_ds, retain_ds, seeds, strategy, jax.random.fold_in(key, 7),
                     apply_fn=apply, holdout=holdout_for(forget_ds, test, by_class=forget.startswith("class:")))
   for done, name in enumerate(methods, start=4):

@@ -15,7 +15,7 @@ from jaxunlearn._src import training
 from jaxunlearn._src.base import LossFn, Params
 from jaxunlearn._src.importance import fisher_diagonal
 from jaxunlearn._src.noise import add_gaussian_noise, gaussian_sigma
-from jaxunlearn._src.recipes import Data, cached_optimizer, required
+from jaxunlearn._src.recipes import Data, cached_optimizer, epochs_of, required, run_steps
 from jaxunlearn._src.relabel import fit_masked
 from jaxunlearn._src.reset import prune_smallest
 
@@ -34,19 +34,19 @@ def prune_finetune(
   """
   del forget
   retain = required(retain, "retain", "prune_finetune")
-  weights = [jnp.ndim(x) >= 2 for x in jax.tree.leaves(params)]
-  treedef = jax.tree.structure(params)
-  pruned = prune_smallest(params, sparsity, jax.tree.unflatten(treedef, weights))
+  weights = jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
+  pruned = prune_smallest(params, sparsity, weights)
   # Entries zero after pruning stay zero; every other entry trains.
-  trainable = jax.tree.map(lambda p, w: (p != 0) | (not w), pruned, jax.tree.unflatten(treedef, weights))
+  trainable = jax.tree.map(lambda p, w: (p != 0) | (not w), pruned, weights)
   return fit_masked(loss_fn, pruned, retain, trainable, opt=cached_optimizer("adam", learning_rate), epochs=epochs,
                     batch_size=batch_size, seed=seed)
 
 
 class DecayingL1State(NamedTuple):
-  """State holding the step count of ``decaying_l1``."""
+  """State holding the step count of ``decaying_l1`` and the run's length :math:`T`."""
 
   count: jax.Array
+  total_steps: jax.Array
 
 
 def decaying_l1(alpha: float, total_steps: int) -> optax.GradientTransformation:
@@ -54,28 +54,31 @@ def decaying_l1(alpha: float, total_steps: int) -> optax.GradientTransformation:
   :math:`g_t \leftarrow g_t + \alpha_t\, \mathrm{sign}(\theta_t)`,
   :math:`\alpha_t = \alpha \max(0, 1 - t/T)` (:math:`T` = ``total_steps``), the gradient of
   :math:`\alpha_t \|\theta\|_1` (Jia et al., NeurIPS 2023's l1-sparse unlearning; their code
-  decays per epoch, here per step). Chain it before the optimizer.
+  decays per epoch, here per step). Chain it before the optimizer. :math:`T` is kept in the
+  state (``DecayingL1State``), so a run of another length can reuse the compiled step by
+  starting from a state with its own ``total_steps``.
   """
   if alpha < 0 or total_steps <= 0:
     raise ValueError(f"need alpha >= 0 and total_steps > 0, got {alpha} and {total_steps}.")
 
   def init_fn(params):
     del params
-    return DecayingL1State(jnp.zeros((), jnp.int32))
+    return DecayingL1State(jnp.zeros((), jnp.int32), jnp.asarray(total_steps, jnp.float32))
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("decaying_l1 needs params (the penalty's subgradient is sign(params)).")
-    a = alpha * jnp.maximum(0.0, 1.0 - state.count.astype(jnp.float32) / total_steps)
+    a = alpha * jnp.maximum(0.0, 1.0 - state.count.astype(jnp.float32) / state.total_steps)
     out = jax.tree.map(lambda g, p: g + (a * jnp.sign(p)).astype(g.dtype), updates, params)
-    return out, DecayingL1State(state.count + 1)
+    return out, DecayingL1State(state.count + 1, state.total_steps)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
 @functools.lru_cache(maxsize=32)
-def _l1_chain(alpha: float, total_steps: int, learning_rate: float, momentum: float):
-  return optax.chain(decaying_l1(alpha, total_steps), optax.sgd(learning_rate, momentum=momentum))
+def _l1_chain(alpha: float, learning_rate: float, momentum: float):
+  # One chain per setting; each run's length goes into its initial state.
+  return optax.chain(decaying_l1(alpha, 1), optax.sgd(learning_rate, momentum=momentum))
 
 
 def l1_sparse(
@@ -92,8 +95,11 @@ def l1_sparse(
   del forget
   retain = required(retain, "retain", "l1_sparse")
   total = epochs * data_lib.num_batches(len(retain), batch_size)
-  tx = _l1_chain(float(alpha), max(total, 1), float(learning_rate), float(momentum))
-  return training.fit(loss_fn, params, retain, optimizer=tx, epochs=epochs, batch_size=batch_size, seed=seed)
+  tx = _l1_chain(float(alpha), float(learning_rate), float(momentum))
+  l1_state, sgd_state = tx.init(params)
+  state = (l1_state._replace(total_steps=jnp.asarray(max(total, 1), jnp.float32)), sgd_state)
+  out, _ = run_steps(loss_fn, tx, params, state, epochs_of(retain, batch_size, seed=seed, epochs=epochs))
+  return out
 
 
 def noise_finetune(
