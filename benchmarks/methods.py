@@ -112,7 +112,7 @@ NOTES = """### Why some methods miss the class target
   softmax's normalisation. On digits even 20 epochs (a retrain's worth) leave a third of it; on
   MNIST-1D 20 epochs remove it.
 - **gradient_ascent** is unbounded: between the learning rates that leave the class and those that
-  collapse every class there is no setting that removes one class alone on these MLPs.
+  collapse every class, the grid holds no setting that removes one class alone on these MLPs.
 - **fisher_forgetting** is noise alone: the noise that removes the class (large variance where
   the retain set's Fisher is small) also scrambles the many parameters the retain set barely
   uses, and retain accuracy falls with it. The authors' code also zeroes the forgotten class's
