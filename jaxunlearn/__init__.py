@@ -4,6 +4,7 @@ Unlearning transforms compose with optax; statistics run jit-compiled and data-p
 ``jaxunlearn.data`` and ``jaxunlearn.models`` hold the embedded datasets and reference models.
 """
 
+from jaxunlearn import certified
 from jaxunlearn import data
 from jaxunlearn import lm
 from jaxunlearn import losses
@@ -54,6 +55,7 @@ __all__ = (
     "SSDState",
     "SSDWarning",
     "add_gaussian_noise",
+    "certified",
     "data",
     "fisher_diagonal",
     "fisher_fast_path_leaves",
