@@ -116,6 +116,32 @@ def _sisa_parser(sub) -> None:
     ops.add_parser(name, help=text).add_argument("--dir", required=True)
 
 
+def _certified_parser(sub) -> None:
+  p = sub.add_parser("certified", help="certified removal (Guo et al. 2020): train, forget, status",
+                     description="An (epsilon, delta)-certified logistic regression on a dataset's flattened inputs: "
+                                 "removals are Newton steps with a tracked bound, retraining when the budget would "
+                                 "be passed.")
+  ops = p.add_subparsers(dest="op", required=True, parser_class=_Parser)
+  t = ops.add_parser("train", help="train the model into --dir (must be new)")
+  t.add_argument("--dir", required=True)
+  t.add_argument("--dataset", default="digits", help="digits, mnist1d, mnist1d:N or tfds:NAME")
+  t.add_argument("--lam", type=float, default=1e-3, help="L2 regularisation of the mean loss")
+  t.add_argument("--sigma", type=float, default=1.0, help="standard deviation of the objective perturbation")
+  t.add_argument("--epsilon", type=float, default=1.0)
+  t.add_argument("--delta", type=float, default=1e-4)
+  t.add_argument("--seed", type=int, default=0)
+  t.add_argument("--data-dir", default=None, help="TFDS data directory (tfds: datasets only)")
+  f = ops.add_parser("forget", help="remove ids (a Newton step, or a retrain when the budget would be passed)")
+  f.add_argument("--dir", required=True)
+  group = f.add_mutually_exclusive_group(required=True)
+  group.add_argument("--ids", help="comma-separated ids, e.g. 3,17,42")
+  group.add_argument("--ids-file", help="file with one id per line")
+  group.add_argument("--resume", action="store_true", help="finish an interrupted request")
+  f.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                 help="give up if another writer holds the directory's lock this long")
+  ops.add_parser("status", help="guarantee, budget spent, ledger, test accuracy").add_argument("--dir", required=True)
+
+
 def _lm_parser(sub) -> None:
   lm = sub.add_parser("lm", help="language-model unlearning on the generated TOFU-like benchmark")
   ops = lm.add_subparsers(dest="lm_command", required=True, parser_class=_Parser)
@@ -155,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   _score_parser(sub)
   _methods_parser(sub)
   _sisa_parser(sub)
+  _certified_parser(sub)
   _lm_parser(sub)
   args = parser.parse_args(argv)
   from jaxunlearn._src import reports
@@ -169,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       return reports.run_methods(args)
     if args.command == "lm":
       return reports.run_lm_demo(args)
+    if args.command == "certified":
+      from jaxunlearn._src import certified_cli
+
+      return certified_cli.run(args)
     if args.command == "sisa":
       from jaxunlearn._src import sisa_cli
 

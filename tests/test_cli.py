@@ -89,3 +89,22 @@ def test_cli_refuses_non_positive_counts_and_shows_defaults(capsys):
     cli.main(["demo", "--help"])
   out = " ".join(capsys.readouterr().out.split())
   assert "(default: 20)" in out and "gradient_difference" in out
+
+
+def test_certified_command_line(tmp_path, capsys):
+  d = str(tmp_path / "cert")
+  assert cli.main(["certified", "train", "--dir", d, "--sigma", "10", "--epsilon", "1"]) == 0
+  assert "budget" in capsys.readouterr().out
+  assert cli.main(["certified", "train", "--dir", d]) == 2  # never overwrites a model
+  assert "already holds" in capsys.readouterr().err
+  assert cli.main(["certified", "forget", "--dir", d, "--ids", "3,17"]) == 0
+  assert "Newton step" in capsys.readouterr().out
+  assert cli.main(["certified", "forget", "--dir", d, "--ids", "3"]) == 2
+  assert "already removed: [3]" in capsys.readouterr().err
+  assert cli.main(["certified", "forget", "--dir", d, "--ids", "x1"]) == 2
+  capsys.readouterr()
+  assert cli.main(["certified", "forget", "--dir", d, "--resume"]) == 0
+  assert "nothing to do" in capsys.readouterr().out
+  assert cli.main(["certified", "status", "--dir", d]) == 0
+  out = capsys.readouterr().out
+  assert "1435 examples" in out and "test accuracy (digits)" in out and "newton" in out

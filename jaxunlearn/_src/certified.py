@@ -100,7 +100,8 @@ def _grad_hess(w, x, y, m, b, lam):
 
 
 def _newton_column(x, y, m, b, lam, max_iter: int):
-  """Damped Newton (Armijo backtracking) from zero; returns the optimum of one column."""
+  """Damped Newton (Armijo backtracking) from zero to the optimum of one column; stops when the
+  Newton decrement reaches rounding level or a line search cannot decrease the objective."""
   f = lambda w: _objective(w, x, y, m, b, lam)  # noqa: E731
 
   def step(carry):
@@ -108,19 +109,13 @@ def _newton_column(x, y, m, b, lam, max_iter: int):
     g, h = _grad_hess(w, x, y, m, b, lam)
     p = -jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(h), g)
     f0, slope = f(w), jnp.dot(g, p)
-
-    def shrink(t):
-      return t * 0.5
-
-    t = jax.lax.while_loop(lambda t: (f(w + t * p) > f0 + 1e-4 * t * slope) & (t > 1e-12), shrink, 1.0)
-    return w + t * p, it + 1, jnp.linalg.norm(g)
-
-  def more(carry):
-    _, it, gnorm = carry
-    return (it < max_iter) & (gnorm > 1e-13 * (1.0 + jnp.sum(m)))
+    t = jax.lax.while_loop(lambda t: (f(w + t * p) > f0 + 1e-4 * t * slope) & (t > 1e-6), lambda t: t * 0.5, 1.0)
+    converged = -slope <= 1e-20 * (1.0 + jnp.abs(f0))
+    stalled = f(w + t * p) > f0  # rounding level: no decrease left to find
+    return jnp.where(stalled, w, w + t * p), it + 1, converged | stalled
 
   w0 = jnp.zeros(x.shape[1], x.dtype)
-  w, _, _ = jax.lax.while_loop(more, step, (w0, 0, jnp.asarray(jnp.inf, x.dtype)))
+  w, _, _ = jax.lax.while_loop(lambda c: (c[1] < max_iter) & ~c[2], step, (w0, 0, False))
   return w
 
 
@@ -209,15 +204,17 @@ class CertifiedLinear:
     spent, budget, left: the accumulated residual bound, the budget, and what is left.
     retrains: how many removals retrained.
     ledger: one entry per removal (``Removal.as_dict()`` and a timestamp), oldest first.
+    tags: the caller's JSON-ready notes (e.g. the dataset), saved with the model.
   """
 
   def __init__(self, *, x, y, ids, alive, weights, noise, spent_cols, lam, sigma, epsilon, delta, num_classes,
-               intercept, seed, retrains, ledger, lineage):
+               intercept, seed, retrains, ledger, lineage, tags=None):
     self._x, self._y, self._ids, self._alive = x, y, ids, alive
     self._w, self._b, self._spent = weights, noise, spent_cols
     self.lam, self.sigma, self.epsilon, self.delta = float(lam), float(sigma), float(epsilon), float(delta)
     self.num_classes, self.intercept, self.seed = int(num_classes), bool(intercept), int(seed)
     self.retrains, self.ledger, self.lineage = int(retrains), list(ledger), lineage
+    self.tags = dict(tags or {})
 
   # ----- the guarantee -----
   @property
@@ -329,7 +326,7 @@ class CertifiedLinear:
   def _meta(self) -> dict:
     return {"lam": self.lam, "sigma": self.sigma, "epsilon": self.epsilon, "delta": self.delta,
             "num_classes": self.num_classes, "intercept": self.intercept, "seed": self.seed,
-            "retrains": self.retrains, "lineage": self.lineage}
+            "retrains": self.retrains, "lineage": self.lineage, "tags": self.tags}
 
   def save(self, directory: str) -> None:
     """Writes the model and its removal ledger to ``directory`` atomically (orbax checkpoint, then
@@ -362,7 +359,7 @@ def _train(x, y, alive, noise, lam) -> tuple[np.ndarray, np.ndarray]:
 
 def fit(features: ArrayLike, labels: ArrayLike, ids: ArrayLike, *, lam: float = 1e-3, sigma: float = 1.0,
         epsilon: float = 1.0, delta: float = 1e-4, num_classes: int | None = None, intercept: bool = True,
-        seed: int = 0) -> CertifiedLinear:
+        seed: int = 0, tags: dict | None = None) -> CertifiedLinear:
   r"""Trains a certified-removal logistic regression with objective perturbation.
 
   Args:
@@ -378,6 +375,7 @@ def fit(features: ArrayLike, labels: ArrayLike, ids: ArrayLike, *, lam: float = 
       more train one-vs-rest columns, each with its own noise column.
     intercept: append a constant feature before scaling.
     seed: seed of the noise (retrains draw fresh noise from it and their count).
+    tags: JSON-ready notes saved with the model (e.g. where the features came from).
 
   Returns:
     The trained :class:`CertifiedLinear`; ``spent`` starts at the measured gradient residual of
@@ -422,7 +420,7 @@ def fit(features: ArrayLike, labels: ArrayLike, ids: ArrayLike, *, lam: float = 
   w, spent = _train(x, y, alive, noise, lam)
   return CertifiedLinear(x=x, y=y, ids=ids, alive=alive, weights=w, noise=noise, spent_cols=spent, lam=lam,
                          sigma=sigma, epsilon=epsilon, delta=delta, num_classes=k, intercept=intercept, seed=seed,
-                         retrains=0, ledger=[], lineage=uuid.uuid4().hex)
+                         retrains=0, ledger=[], lineage=uuid.uuid4().hex, tags=tags)
 
 
 # ----- the directory -----
