@@ -5,6 +5,7 @@ Unlearning transforms compose with optax; statistics run jit-compiled and data-p
 """
 
 from jaxunlearn import certified
+from jaxunlearn import corrective
 from jaxunlearn import data
 from jaxunlearn import lm
 from jaxunlearn import losses
@@ -56,6 +57,7 @@ __all__ = (
     "SSDWarning",
     "add_gaussian_noise",
     "certified",
+    "corrective",
     "data",
     "fisher_diagonal",
     "fisher_fast_path_leaves",

@@ -35,6 +35,16 @@ def _demo_parser(sub) -> None:
       ),
   )
   _common_options(p, forget_default="class:3", plot_help="write a PNG (accuracies and time) to this path")
+  p.add_argument("--corrupt", default=None, metavar="KIND:FRACTION",
+                 help="corrective unlearning instead: backdoor:FRACTION[:TARGET] (a trigger patch relabelled to "
+                      "TARGET, default 0) or labelflip:FRACTION; trains on the corrupted data, detects, unlearns the "
+                      "flagged ids (--forget is ignored)")
+  p.add_argument("--detector", default="iforest/inputs",
+                 choices=("iforest/inputs", "lof/inputs", "iforest/model", "lof/model"),
+                 help="with --corrupt: whose flagged ids are unlearned (all are reported); model = the corrupted "
+                      "model's penultimate features and per-example loss")
+  p.add_argument("--sisa-shards", type=int, default=0, metavar="S",
+                 help="with --corrupt: also train a SISA ensemble of S shards and forget the flagged ids exactly")
 
 
 def _common_options(p, *, forget_default: str, plot_help: str) -> None:

@@ -108,3 +108,24 @@ def test_certified_command_line(tmp_path, capsys):
   assert cli.main(["certified", "status", "--dir", d]) == 0
   out = capsys.readouterr().out
   assert "1435 examples" in out and "test accuracy (digits)" in out and "newton" in out
+
+
+def test_demo_corrupt_backdoor_detects_and_unlearns(tmp_path, capsys):
+  out = tmp_path / "corrective.json"
+  assert cli.main(["demo", "--corrupt", "backdoor:0.05", "--methods", "aru", "--json", str(out)]) == 0
+  report = json.loads(out.read_text())
+  assert report["corrupted"] == 72 and report["kind"] == "backdoor" and report["target"] == 0
+  det = report["detection"]["iforest/inputs"]
+  assert det["recall"] >= 0.8 and det["flagged"] == report["flagged"]
+  refs = report["references"]
+  assert refs["poisoned"]["attack_success"] > 0.8  # the backdoor took
+  assert refs["clean_retrain"]["attack_success"] < 0.05
+  assert report["methods"]["aru"]["attack_success"] < refs["poisoned"]["attack_success"] / 4
+  printed = capsys.readouterr().out
+  assert "Detection" in printed and "attack success" in printed
+  assert cli.main(["demo", "--corrupt", "backdoor:2"]) == 2
+  assert "strictly between 0 and 1" in capsys.readouterr().err
+  assert cli.main(["demo", "--corrupt", "poison:0.1"]) == 2
+  assert "backdoor:FRACTION" in capsys.readouterr().err
+  assert cli.main(["demo", "--corrupt", "backdoor:0.05:12"]) == 2
+  assert "out of range" in capsys.readouterr().err

@@ -92,3 +92,26 @@ def lm_plot(report: dict, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def corrective_plot(report: dict, path: str) -> None:
+  """Clean test accuracy against the corruption's effect (attack success for a backdoor, agreement
+  with the corrupted labels for label flips) per method, the references marked."""
+  plt, fig, ax = _figure(1, 7.0)
+  key = "attack_success" if report["kind"] == "backdoor" else "corrupt_label_agreement"
+  styles = {"poisoned": dict(marker="s", c="grey", s=70), "clean_retrain": dict(marker="*", c="crimson", s=220),
+            "retrain_flagged": dict(marker="P", c="black", s=80)}
+  rows = {**report["references"], **report["methods"]}
+  markers = "o^vD<>ph"
+  for i, (name, row) in enumerate(rows.items()):
+    style = styles.get(name, dict(marker=markers[i % len(markers)], c=f"C{i % 10}", s=55, alpha=0.85))
+    ax.scatter(row[key], row["test_acc"], label=name, zorder=3, **style)
+  ax.set_xlabel("attack success rate" if key == "attack_success" else "predictions keeping the corrupted label")
+  ax.set_ylabel("clean test accuracy")
+  ax.set_title(f"{report['dataset']}, {report['corrupt']}: unlearning the {report['flagged']} flagged examples",
+               fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="best", ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

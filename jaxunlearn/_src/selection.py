@@ -77,6 +77,25 @@ def flip_labels(ds: Dataset, fraction: float, *, seed: int) -> tuple[Dataset, np
   return dataclasses.replace(ds, y=y), ids
 
 
+def add_trigger(x: np.ndarray, *, patch_size: int = 2, value: float = 1.0) -> np.ndarray:
+  """A copy of the inputs ``x`` (``[n, *spatial, channels]``) with the square trigger patch of
+  :func:`stamp_trigger` set: the last ``patch_size`` positions along every spatial axis, all
+  channels, set to ``value``. Stamping test inputs this way measures a backdoor's attack success.
+
+  Example:
+    >>> import numpy as np
+    >>> from jaxunlearn import data
+    >>> data.add_trigger(np.zeros((1, 3, 3, 1)), patch_size=1)[0, :, :, 0].tolist()
+    [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+  """
+  x = np.array(x, copy=True)
+  spatial = x.shape[1:-1]
+  if patch_size < 1 or any(patch_size > s for s in spatial):
+    raise ValueError(f"patch_size must be in 1..{min(spatial)}, got {patch_size}.")
+  x[(slice(None),) + tuple(slice(s - patch_size, s) for s in spatial) + (slice(None),)] = value
+  return x
+
+
 def stamp_trigger(
     ds: Dataset,
     fraction: float,
@@ -103,7 +122,6 @@ def stamp_trigger(
   pos = ds.positions(ids)
   x = ds.x.copy()
   y = ds.y.copy()
-  region = (pos,) + tuple(slice(s - patch_size, s) for s in spatial) + (slice(None),)
-  x[region] = value
+  x[pos] = add_trigger(x[pos], patch_size=patch_size, value=value)
   y[pos] = target_label
   return dataclasses.replace(ds, x=x, y=y), ids

@@ -10,6 +10,7 @@ from jaxunlearn._src.data import num_batches
 from jaxunlearn._src.loaders import EMBEDDED_DATASETS
 from jaxunlearn._src.loaders import load
 from jaxunlearn._src.selection import class_ids
+from jaxunlearn._src.selection import add_trigger
 from jaxunlearn._src.selection import flip_labels
 from jaxunlearn._src.selection import random_ids
 from jaxunlearn._src.selection import split_forget
@@ -23,6 +24,7 @@ __all__ = (
     "batches",
     "check_ids",
     "class_ids",
+    "add_trigger",
     "flip_labels",
     "id_order",
     "load",
