@@ -126,6 +126,18 @@ def _sisa_parser(sub) -> None:
     ops.add_parser(name, help=text).add_argument("--dir", required=True)
 
 
+def _knn_parser(sub) -> None:
+  p = sub.add_parser("knn", help="exact kNN forgetting: build, forget, check against a rebuilt index",
+                     description="A k-nearest-neighbour classifier over a dataset's flattened inputs: forgets ids "
+                                 "in place and checks every test prediction and neighbour list against an index "
+                                 "built without them (exit 1 on a mismatch).")
+  p.add_argument("--dataset", default="digits", help="digits, mnist1d, mnist1d:N or tfds:NAME")
+  p.add_argument("--forget", default="random:0.1", help="class:K[,K..] | random:FRACTION | ids:FILE")
+  p.add_argument("--k", type=_positive_int, default=5, help="neighbours per query")
+  p.add_argument("--seed", type=int, default=0, help="seed of the random forget set")
+  p.add_argument("--data-dir", default=None, help="TFDS data directory (tfds: datasets only)")
+
+
 def _certified_parser(sub) -> None:
   p = sub.add_parser("certified", help="certified removal (Guo et al. 2020): train, forget, status",
                      description="An (epsilon, delta)-certified logistic regression on a dataset's flattened inputs: "
@@ -192,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   _methods_parser(sub)
   _sisa_parser(sub)
   _certified_parser(sub)
+  _knn_parser(sub)
   _lm_parser(sub)
   args = parser.parse_args(argv)
   from jaxunlearn._src import reports
@@ -206,6 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       return reports.run_methods(args)
     if args.command == "lm":
       return reports.run_lm_demo(args)
+    if args.command == "knn":
+      from jaxunlearn._src import knn_cli
+
+      return knn_cli.run(args)
     if args.command == "certified":
       from jaxunlearn._src import certified_cli
 

@@ -129,3 +129,10 @@ def test_demo_corrupt_backdoor_detects_and_unlearns(tmp_path, capsys):
   assert "backdoor:FRACTION" in capsys.readouterr().err
   assert cli.main(["demo", "--corrupt", "backdoor:0.05:12"]) == 2
   assert "out of range" in capsys.readouterr().err
+
+
+def test_knn_command_line_is_exact(capsys):
+  assert cli.main(["knn", "--forget", "class:3", "--k", "3"]) == 0
+  out = capsys.readouterr().out
+  assert "exact: every test query" in out and "1302" in out  # 1437 - 135 examples of class 3
+  assert cli.main(["knn", "--forget", "random:2"]) == 2

@@ -103,3 +103,18 @@ def test_add_trigger_matches_stamp_trigger():
   pos = train.positions(ids)
   np.testing.assert_array_equal(poisoned.x[pos], data.add_trigger(train.x[pos]))
   assert np.all(poisoned.x[pos][:, -2:, -2:, :] == 1.0) and np.all(poisoned.y[pos] == 0)
+
+
+def test_penultimate_is_the_head_input():
+  import jax
+
+  from jaxunlearn import models
+
+  apply, params = models.create("mlp", (8, 8, 1), 10, key=jax.random.key(1), hidden=(32, 16))
+  x = np.random.default_rng(0).normal(size=(5, 8, 8, 1)).astype(np.float32)
+  h = x.reshape(5, -1)
+  for k in sorted(params["hidden"]):
+    h = np.maximum(h @ np.asarray(params["hidden"][k]["kernel"]) + np.asarray(params["hidden"][k]["bias"]), 0)
+  np.testing.assert_allclose(corrective.penultimate(apply, params, x), h, rtol=1e-5, atol=1e-6)
+  logits = h @ np.asarray(params["head"]["kernel"]) + np.asarray(params["head"]["bias"])
+  np.testing.assert_allclose(np.asarray(apply(params, x)), logits, rtol=1e-5, atol=1e-5)

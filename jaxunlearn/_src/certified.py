@@ -370,7 +370,8 @@ def fit(features: ArrayLike, labels: ArrayLike, ids: ArrayLike, *, lam: float = 
     lam: L2 regularisation ``lambda`` (of the mean loss); larger: smaller Newton bounds, lower fit.
     sigma: standard deviation of the perturbation ``b``; larger: more removals per budget, lower
       accuracy.
-    epsilon, delta: the removal guarantee.
+    epsilon: the guarantee's epsilon.
+    delta: the guarantee's delta.
     num_classes: classes (default ``max(labels) + 1``); two classes train one logistic column,
       more train one-vs-rest columns, each with its own noise column.
     intercept: append a constant feature before scaling.

@@ -37,12 +37,27 @@ def parse_corrupt(spec: str) -> tuple[str, float, int]:
   return kind, fraction, target
 
 
-def penultimate(apply, params, x: np.ndarray) -> np.ndarray:
-  """The reference models' head inputs: the same network with an identity head."""
-  width = params["head"]["kernel"].shape[0]
-  identity = {**params, "head": {"kernel": jnp.eye(width, dtype=params["head"]["kernel"].dtype),
-                                 "bias": jnp.zeros(width, params["head"]["bias"].dtype)}}
-  return training.predict(apply, identity, x)
+def penultimate(apply_fn: Callable, params: dict, x: np.ndarray, *, head: str = "head") -> np.ndarray:
+  """A model's features: the inputs of its last linear layer ``params[head]`` (``kernel [d, C]``,
+  ``bias [C]``, applied as ``h @ kernel + bias``), computed by running the same network with that
+  layer replaced by the identity. Fits the reference models and any Flax model whose output layer
+  is an ``nnx.Linear`` under the name ``head``.
+
+  Returns:
+    ``[n, d]`` float32 features (what a certified head or an outlier detector is fitted on).
+
+  Example:
+    >>> import jax, numpy as np
+    >>> from jaxunlearn import corrective, models
+    >>> apply, params = models.create("mlp", (8, 8, 1), 10, key=jax.random.key(0))
+    >>> corrective.penultimate(apply, params, np.zeros((3, 8, 8, 1), np.float32)).shape
+    (3, 256)
+  """
+  layer = params[head]
+  width = layer["kernel"].shape[0]
+  identity = {**params, head: {"kernel": jnp.eye(width, dtype=layer["kernel"].dtype),
+                               "bias": jnp.zeros(width, layer["bias"].dtype)}}
+  return training.predict(apply_fn, identity, x)
 
 
 @dataclasses.dataclass
@@ -64,6 +79,7 @@ class Job:
   flagged: np.ndarray
   forget: object
   retain: object
+  seed: int = 0
 
   def evaluate(self, params, test=None, labels_fn: Callable | None = None) -> dict:
     """Clean test accuracy and, for a backdoor, attack success (triggered test inputs of the other
@@ -88,7 +104,7 @@ class Job:
     """The poisoned model after the registry method ``name`` forgot the flagged ids."""
     method = methods_lib.get(name)
     context = {"init_fn": self.init, "apply_fn": self.apply, "holdout": self.test}
-    return method(self.loss, self.poisoned, forget=self.forget, retain=self.retain, seed=0,
+    return method(self.loss, self.poisoned, forget=self.forget, retain=self.retain, seed=self.seed,
                   **{k: context[k] for k in method.needs}, **overrides)
 
 
@@ -137,7 +153,7 @@ def prepare(*, corrupt: str = "backdoor:0.05", dataset: str = "digits", model: s
   forget, retain = selection.split_forget(train, flagged)
   return Job(kind=kind, target=target, clean=clean, train=train, test=test, bad_ids=bad_ids, apply=apply, init=init,
              loss=loss, poisoned=poisoned, fit=fit, detection=detection, flagged=flagged, forget=forget,
-             retain=retain)
+             retain=retain, seed=seed)
 
 
 def run(
