@@ -213,3 +213,36 @@ def test_save_load_forget_and_damage(tmp_path):
     certified.load(d)
   with pytest.raises(FileNotFoundError):
     certified.load(str(tmp_path / "nothing"))
+
+
+@pytest.mark.parametrize("point", ["certified:pending", "certified:state_written", "certified:switched",
+                                   "certified:swept"])
+def test_an_interrupted_forget_is_finished_exactly_once(tmp_path, monkeypatch, point):
+  from jaxunlearn._src import sisa_store
+
+  x, y, ids = _data(n=60, seed=9)
+  model = certified.fit(x, y, ids, lam=1e-2, sigma=5.0, epsilon=5.0)
+  d = str(tmp_path / "m")
+  model.save(d)
+  victims = [int(ids[1]), int(ids[2])]
+
+  class Crash(Exception):
+    pass
+
+  def hook(at):
+    if at == point:
+      raise Crash(at)
+
+  monkeypatch.setattr(sisa_store, "fault", hook)
+  with pytest.raises(Crash):
+    certified.forget(d, victims)
+  monkeypatch.setattr(sisa_store, "fault", lambda at: None)
+  with pytest.raises(certified.CheckpointError, match="interrupted"):
+    certified.load(d)  # the request is on record: no model without it is handed out
+  certified.forget(d)
+  back = certified.load(d)
+  model.remove(victims)
+  np.testing.assert_array_equal(back.weights, model.weights)
+  assert [e["ids"] for e in back.ledger] == [sorted(victims)]
+  states = [e for e in os.listdir(d) if e.startswith("state-")]
+  assert states == [_record(d)["state"]]  # no older state (holding the removed rows) is left

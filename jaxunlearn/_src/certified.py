@@ -450,6 +450,12 @@ def _read_record(directory: str) -> dict | None:
   return record
 
 
+def _fault(point: str) -> None:
+  from jaxunlearn._src import sisa_store
+
+  sisa_store.fault(point)  # the fault-injection hook shared with SISA (does nothing outside tests)
+
+
 def _save(model: CertifiedLinear, directory: str) -> None:
   import orbax.checkpoint as ocp
 
@@ -468,11 +474,14 @@ def _save(model: CertifiedLinear, directory: str) -> None:
   ckpt.save(path, arrays)
   ckpt.wait_until_finished()
   ckpt.close()
+  _fault("certified:state_written")
   record = seal({"format": FORMAT, "meta": model._meta(), "ledger": model.ledger, "state": name,
                  "state_digest": state_digest, "files": file_digests(path),
                  "shapes": {k: [list(v.shape), v.dtype.str] for k, v in arrays.items()}})
   fsync_write(os.path.join(directory, "certified.json"), canonical(record))
+  _fault("certified:switched")
   _sweep(directory, keep=name)
+  _fault("certified:swept")
 
 
 def _sweep(directory: str, keep: str) -> None:
@@ -568,11 +577,13 @@ def forget(directory: str, ids: int | Sequence[int] | np.ndarray | None = None, 
       model._rows(new)  # unknown or already removed ids are refused before anything is written
       todo = sorted(set(todo) | set(new.tolist()))
     pending_path = os.path.join(directory, "pending.json")
-    if not todo:
+    if not todo:  # nothing left to remove: finish an interrupted request's cleanup
+      _sweep(directory, keep=_read_record(directory)["state"])
       if pending:
         os.remove(pending_path)
       return None
     fsync_write(pending_path, json.dumps({"ids": todo}))
+    _fault("certified:pending")
     result = model.remove(todo)
     _save(model, directory)
     os.remove(pending_path)
