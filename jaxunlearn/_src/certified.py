@@ -45,6 +45,7 @@ import datetime
 import functools
 import json
 import math
+import numbers
 import os
 import re
 import shutil
@@ -75,14 +76,14 @@ def budget(sigma: float, epsilon: float, delta: float) -> float:
     0.228
   """
   _check_privacy(sigma, epsilon, delta)
-  return sigma * epsilon / math.sqrt(2.0 * math.log(1.5 / delta))
+  return float(sigma) * float(epsilon) / math.sqrt(2.0 * math.log(1.5 / float(delta)))
 
 
 def _check_privacy(sigma: float, epsilon: float, delta: float) -> None:
   for name, value in (("sigma", sigma), ("epsilon", epsilon)):
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
       raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
-  if not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
+  if not (isinstance(delta, numbers.Real) and not isinstance(delta, bool) and 0.0 < delta < 1.0):
     raise ValueError(f"delta must lie strictly between 0 and 1, got {delta!r}.")
 
 
@@ -395,7 +396,7 @@ def fit(features: ArrayLike, labels: ArrayLike, ids: ArrayLike, *, lam: float = 
     ('newton', True, 198)
   """
   _check_privacy(sigma, epsilon, delta)
-  if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
+  if not (isinstance(lam, numbers.Real) and not isinstance(lam, bool) and math.isfinite(lam) and lam > 0):
     raise ValueError(f"lam must be a positive finite number (the guarantee needs strong convexity), got {lam!r}.")
   x = prepare_features(features, intercept=intercept)
   labels = np.asarray(labels)
