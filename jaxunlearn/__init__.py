@@ -46,6 +46,8 @@ from jaxunlearn._src.relabel import saliency_mask
 from jaxunlearn._src.sparse import DecayingL1State
 from jaxunlearn._src.sparse import decaying_l1
 from jaxunlearn._src.knn import KNNClassifier
+from jaxunlearn._src.audit import forget_checkpoint
+from jaxunlearn._src.audit import train_checkpoint
 
 __version__ = "0.1.0"
 
@@ -91,5 +93,7 @@ __all__ = (
     "DecayingL1State",
     "decaying_l1",
     "KNNClassifier",
+    "forget_checkpoint",
+    "train_checkpoint",
     "training",
 )

@@ -126,6 +126,34 @@ def _sisa_parser(sub) -> None:
     ops.add_parser(name, help=text).add_argument("--dir", required=True)
 
 
+def _train_forget_parsers(sub) -> None:
+  t = sub.add_parser("train", help="train a reference model and write it as an orbax checkpoint",
+                     description="Trains a model on a dataset and writes it to --out (an orbax checkpoint recording "
+                                 "the dataset and the model), the input of `jaxunlearn forget`.")
+  t.add_argument("--dataset", default="digits", help="digits, mnist1d, mnist1d:N or tfds:NAME")
+  t.add_argument("--model", default="mlp", help="mlp, cnn, or module:function returning (apply, params)")
+  t.add_argument("--out", required=True, help="checkpoint directory to create (must not exist)")
+  t.add_argument("--epochs", type=_positive_int, default=20)
+  t.add_argument("--seed", type=int, default=0)
+  t.add_argument("--data-dir", default=None, help="TFDS data directory (tfds: datasets only)")
+  f = sub.add_parser("forget", help="unlearn ids from a checkpoint into a new one, with an audit record",
+                     description="Restores --checkpoint (never modified), runs a registry method on the ids, writes "
+                                 "the unlearned model to --out and appends an fsynced audit record to "
+                                 "forget-ledger.jsonl beside it.")
+  f.add_argument("--checkpoint", required=True, help="the input orbax checkpoint")
+  f.add_argument("--out", required=True, help="checkpoint directory to create (must not exist)")
+  f.add_argument("--method", required=True, help="a classification method (see `jaxunlearn methods`)")
+  group = f.add_mutually_exclusive_group(required=True)
+  group.add_argument("--ids", help="comma-separated ids, e.g. 3,17,42")
+  group.add_argument("--ids-file", help="file with one id per line")
+  f.add_argument("--dataset", default=None, help="default: the checkpoint's record")
+  f.add_argument("--model", default=None, help="default: the checkpoint's record (module:function for your own)")
+  f.add_argument("--hyper", action="append", default=[], metavar="KEY=VALUE",
+                 help="a hyper-parameter of the method (repeatable), e.g. --hyper epochs=5")
+  f.add_argument("--seed", type=int, default=0)
+  f.add_argument("--data-dir", default=None, help="TFDS data directory (tfds: datasets only)")
+
+
 def _knn_parser(sub) -> None:
   p = sub.add_parser("knn", help="exact kNN forgetting: build, forget, check against a rebuilt index",
                      description="A k-nearest-neighbour classifier over a dataset's flattened inputs: forgets ids "
@@ -195,9 +223,36 @@ def _lm_parser(sub) -> None:
                  help="write a PNG: model utility against forget quality (log scale)")
 
 
+def compile_cache_dir(flag: str | None = None) -> str | None:
+  """Where the command line keeps JAX's persistent compilation cache: ``flag`` (``--compile-cache``),
+  else ``$JAXUNLEARN_COMPILE_CACHE``, else ``$XDG_CACHE_HOME/jaxunlearn/xla`` (default
+  ``~/.cache/jaxunlearn/xla``); ``None`` when the value is ``off``."""
+  import os
+
+  value = flag if flag is not None else os.environ.get("JAXUNLEARN_COMPILE_CACHE")
+  if value is not None:
+    return None if value.strip().lower() in ("off", "none", "0", "") else os.path.expanduser(value)
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "jaxunlearn", "xla")
+
+
+def enable_compile_cache(directory: str) -> None:
+  """Turns on JAX's persistent compilation cache in ``directory`` for every program (a one-off
+  request in a fresh process then reuses what an earlier process compiled). Must run before the
+  first compilation of the process."""
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the ``jaxunlearn`` console script."""
   parser = _Parser(prog="jaxunlearn", description="Machine unlearning for JAX and Flax.")
+  parser.add_argument("--compile-cache", default=None, metavar="DIR|off",
+                      help="JAX's persistent compilation cache (default: $JAXUNLEARN_COMPILE_CACHE, else "
+                           "$XDG_CACHE_HOME/jaxunlearn/xla or ~/.cache/jaxunlearn/xla; 'off' disables it)")
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
   _demo_parser(sub)
   _score_parser(sub)
@@ -205,8 +260,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   _sisa_parser(sub)
   _certified_parser(sub)
   _knn_parser(sub)
+  _train_forget_parsers(sub)
   _lm_parser(sub)
   args = parser.parse_args(argv)
+  cache = compile_cache_dir(args.compile_cache)
+  if cache is not None:
+    enable_compile_cache(cache)
   from jaxunlearn._src import reports
   from jaxunlearn._src.sisa import CheckpointError, LockTimeout
 
@@ -219,6 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       return reports.run_methods(args)
     if args.command == "lm":
       return reports.run_lm_demo(args)
+    if args.command in ("train", "forget"):
+      from jaxunlearn._src import audit_cli
+
+      return audit_cli.run(args)
     if args.command == "knn":
       from jaxunlearn._src import knn_cli
 

@@ -9,6 +9,7 @@ _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("JAXUNLEARN_COMPILE_CACHE", "off")  # hermetic: the CLI would cache compiled programs in ~/.cache
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
