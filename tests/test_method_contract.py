@@ -99,3 +99,21 @@ def test_the_new_steps_run_with_the_batch_sharded_over_8_devices(setup):
   sw = _shard(w, mesh)
   got, _ = step(sw, tx.init(sw), jax.tree.map(jnp.ones_like, sw))
   _close(got, want)
+
+
+# The Fisher pass scans full chunks of batch_size and calls once more for the remainder: another
+# forget-set size is another scan length, hence another program.
+_FISHER = {"ssd", "fisher_forgetting"}
+
+
+@pytest.mark.parametrize("name", [n for n in methods.names() if n not in _FISHER])
+def test_a_request_of_another_size_compiles_nothing(name, setup):
+  forget, retain, _, params, loss, context, calls = setup
+  m = methods.get(name)
+  small = {k: v for k, v in {"epochs": 1, "rounds": 3, "steps": 3}.items() if k in m.defaults}
+  needs = {k: context[k] for k in m.needs}
+  m(loss, params, forget=forget, retain=retain, seed=0, **needs, **small)
+  before = calls["n"]
+  fewer = ju.data.Dataset(x=forget.x[:37], y=forget.y[:37], ids=forget.ids[:37], num_classes=10, name="f")
+  m(loss, params, forget=fewer, retain=retain, seed=0, **needs, **small)
+  assert calls["n"] == before, f"{name} traced the model again for a forget set of another size"

@@ -84,7 +84,7 @@ def nearest_adversarial(
   base = float(np.mean(np.sqrt(np.sum(np.square(x.reshape(len(x), -1)), axis=1))))
   out_x, label = x.copy(), np.zeros(len(x), np.int64)
   radius, found = np.full(len(x), np.nan, np.float32), np.zeros(len(x), bool)
-  size = min(batch_size, len(x))
+  size = int(batch_size)  # chunks padded to one shape: inputs of every count share one program
   for r in range(rounds):
     eps = start * base * growth ** r
     pending = np.flatnonzero(~found)

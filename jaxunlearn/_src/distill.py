@@ -91,7 +91,7 @@ def _scrub_epochs(apply_fn, params, forget, retain, *, seed, epochs, max_epochs,
   max_loss, min_loss = _scrub_losses(apply_fn, float(temperature), float(ce_weight), float(kl_weight))
   opt = _scrub_optimizer(float(learning_rate), float(weight_decay))
   teacher, state = params, opt.init(params)
-  fbs, rbs = min(forget_batch_size, len(forget)), min(retain_batch_size, len(retain))
+  fbs, rbs = forget_batch_size, retain_batch_size  # fixed shapes (padded): one program for every set size
   for epoch in range(epochs):
     if epoch < max_epochs:
       params, state = run_steps(max_loss, opt, params, state, _with_teacher(

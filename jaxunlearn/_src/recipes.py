@@ -60,9 +60,10 @@ def as_dataset(data: Data, *, name: str) -> data_lib.Dataset:
 
 
 def cycled(ds: data_lib.Dataset, batch_size: int, *, seed: int):
-  """Endless batches of ``ds`` (``min(batch_size, len(ds))`` each), epoch after epoch."""
-  size = min(batch_size, len(ds))
-  return itertools.chain.from_iterable(data_lib.batches(ds, size, seed=seed, epoch=e) for e in itertools.count())
+  """Endless batches of ``ds``, epoch after epoch, each of ``batch_size`` rows: a set smaller than
+  that is one batch padded with a zero mask, so that forget sets of every size below
+  ``batch_size`` share one compiled step (deletion requests come in every size)."""
+  return itertools.chain.from_iterable(data_lib.batches(ds, batch_size, seed=seed, epoch=e) for e in itertools.count())
 
 
 def epochs_of(ds: data_lib.Dataset, batch_size: int, *, seed: int, epochs: int):
@@ -86,7 +87,7 @@ def paired(main: data_lib.Dataset, other: data_lib.Dataset, batch_size: int, *, 
   shuffled with ``seed + 1``): ``{main_key: ..., other_key: ...}`` batches."""
   others = cycled(other, batch_size, seed=seed + 1)
   for epoch in range(epochs):
-    for batch in data_lib.batches(main, min(batch_size, len(main)), seed=seed, epoch=epoch):
+    for batch in data_lib.batches(main, batch_size, seed=seed, epoch=epoch):
       yield {main_key: batch, other_key: next(others)}
 
 

@@ -125,7 +125,7 @@ def saliency_mask(loss_fn: LossFn, params: Params, forget: Data, *, fraction: fl
   forget = required(forget, "forget", "saliency_mask")
   grad = _summed_grad(loss_fn)
   total = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-  for batch in data_lib.batches(forget, min(batch_size, len(forget)), seed=None, shuffle=False):
+  for batch in data_lib.batches(forget, batch_size, seed=None, shuffle=False):  # padded: one program per size
     total = grad(params, batch, total)
   leaves, treedef = jax.tree_util.tree_flatten(total)
   k = max(1, int(round(float(fraction) * sum(x.size for x in leaves))))

@@ -125,12 +125,14 @@ def _compiled_apply(apply_fn: ApplyFn):
 
 
 def predict(apply_fn: ApplyFn, params: Params, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
-  """Logits of ``apply_fn`` on ``x`` as a float32 NumPy array, in fixed-size jitted chunks."""
+  """Logits of ``apply_fn`` on ``x`` as a float32 NumPy array, in fixed-size jitted chunks: of
+  ``batch_size`` rows, or for fewer inputs the next power of two (padded), so that inputs of many
+  sizes share a few programs."""
   fn = _compiled_apply(apply_fn)
   n = len(x)
   if n == 0:
     raise ValueError("predict got no inputs.")
-  size = min(batch_size, n)
+  size = min(batch_size, 1 << max(0, (n - 1).bit_length()))
   out = []
   for start in range(0, n, size):
     chunk = x[start:start + size]
