@@ -7,6 +7,7 @@ Unlearning transforms compose with optax; statistics run jit-compiled and data-p
 from jaxunlearn import certified
 from jaxunlearn import corrective
 from jaxunlearn import data
+from jaxunlearn import distributed
 from jaxunlearn import knn
 from jaxunlearn import lm
 from jaxunlearn import losses
@@ -62,6 +63,7 @@ __all__ = (
     "certified",
     "corrective",
     "data",
+    "distributed",
     "knn",
     "fisher_diagonal",
     "fisher_fast_path_leaves",

@@ -154,6 +154,18 @@ def _train_forget_parsers(sub) -> None:
   f.add_argument("--data-dir", default=None, help="TFDS data directory (tfds: datasets only)")
 
 
+def _launch_parser(sub) -> None:
+  p = sub.add_parser("launch", help="run a jaxunlearn command in N local processes (jax.distributed)",
+                     description="Starts N processes of `jaxunlearn COMMAND ...` joined by a coordinator on 127.0.0.1 "
+                                 "(CPU collectives over gloo), prefixes their output by process, and stops all of them "
+                                 "when one fails. On TPU pods and GPU clusters, start one process per host yourself: "
+                                 "jax.distributed.initialize() finds the cluster.")
+  p.add_argument("--processes", type=_positive_int, required=True)
+  p.add_argument("--devices-per-process", type=_positive_int, default=None,
+                 help="on CPU: simulated devices per process (XLA_FLAGS)")
+  p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="the jaxunlearn command to run")
+
+
 def _knn_parser(sub) -> None:
   p = sub.add_parser("knn", help="exact kNN forgetting: build, forget, check against a rebuilt index",
                      description="A k-nearest-neighbour classifier over a dataset's flattened inputs: forgets ids "
@@ -261,8 +273,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   _certified_parser(sub)
   _knn_parser(sub)
   _train_forget_parsers(sub)
+  _launch_parser(sub)
   _lm_parser(sub)
   args = parser.parse_args(argv)
+  if args.command == "launch":
+    from jaxunlearn._src import distributed
+
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not command:
+      parser.error("launch needs a command after --, e.g. jaxunlearn launch --processes 2 -- demo")
+    return distributed.launch(args.processes, command, devices_per_process=args.devices_per_process)
+  from jaxunlearn._src import distributed
+
+  distributed.initialize_from_env()  # a process started by `jaxunlearn launch` joins its group first
   cache = compile_cache_dir(args.compile_cache)
   if cache is not None:
     enable_compile_cache(cache)

@@ -1,0 +1,40 @@
+"""What the multi-process test computes, shared by the worker processes and the single-process
+reference (tests/test_distributed.py)."""
+
+import jax
+import numpy as np
+import optax
+
+import jaxunlearn as ju
+from jaxunlearn._src import recipes, training
+
+
+def data():
+  train, _ = ju.data.load("digits")
+  return train.x[:128], train.y[:128], np.ones(128, np.float32)
+
+
+def compute(batch) -> dict:
+  """Fisher diagonal, one Adam step and one gradient-difference step on a (global) batch; the
+  first half of the batch is the forget batch, the second the retain batch."""
+  apply, params = ju.models.create("mlp", (8, 8, 1), 10, key=jax.random.key(0), hidden=(32, 16))
+  loss = ju.losses.cross_entropy_loss(apply)
+  fisher = ju.fisher_diagonal(loss, params, batch, batch_size=16)
+  opt = optax.adam(1e-2)
+  stepped, _, value = training.compiled_step(loss, opt)(params, opt.init(params), batch)
+  half = jax.tree.map(lambda a: a.shape[0] // 2, batch)["x"]
+  forget = {k: v[:half] for k, v in batch.items()}
+  retain = {k: v[half:] for k, v in batch.items()}
+  tx, gd = recipes._graddiff_step(loss, opt, 1.0, 1.0)
+  diffed, _ = gd(params, tx.init(params), forget, retain)
+  flat = lambda tree, name: {f"{name}/{jax.tree_util.keystr(p)}": host(v)  # noqa: E731
+                             for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {**flat(fisher, "fisher"), **flat(stepped, "step"), **flat(diffed, "graddiff"), "loss": host(value)}
+
+
+def host(v) -> np.ndarray:
+  """A replicated (possibly multi-process) array's value."""
+  if isinstance(v, jax.Array) and not v.is_fully_addressable:
+    assert v.is_fully_replicated, v.sharding
+    return np.asarray(v.addressable_data(0))
+  return np.asarray(v)
