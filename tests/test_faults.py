@@ -133,7 +133,6 @@ def test_forget_killed_at_every_step(job_maker, sisa_base, tmp_path, monkeypatch
     shutil.rmtree(d)
 
 
-@pytest.mark.slow  # 9 s on 2 cores: the forget and repair kill tests stay in the default run
 def test_train_killed_at_every_step(job_maker, tmp_path, monkeypatch):
   ids = job_maker.ids_in(1, 0)
   points = _points(monkeypatch, lambda: job_maker.open(tmp_path / "probe", new=True).train(exclude_ids=ids))

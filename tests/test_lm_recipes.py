@@ -33,7 +33,6 @@ def _assert_adam_first_step(p0, p1, direction, lr, wd):
     np.testing.assert_allclose(b[big], expected[big], rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.slow  # 15 s on 2 cores: the other methods' first-step tests stay in the default run
 def test_gradient_ascent_first_step_is_adamw_on_the_negated_gradient():
   lm = models.create(TINY, seed=1)
   forget, _ = _batches()

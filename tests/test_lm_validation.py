@@ -147,7 +147,6 @@ def test_validation_selects_the_best_check_and_stops_at_the_target():
     recipes.npo(lm, lm.params, retain=None, validation=signal, **kw)
 
 
-@pytest.mark.slow  # 17 s on 2 cores: run with `python -m pytest -m slow`
 def test_knowledge_unlearning_stops_when_forget_memorisation_reaches_held_out_text():
   lm = models.create(TINY, seed=0)
   forget, holdout = _forget_and_holdout(12)

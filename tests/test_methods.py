@@ -31,7 +31,6 @@ def toy():
   methods.unregister("shrink")
 
 
-@pytest.mark.slow  # 13 s on 2 cores: run with `python -m pytest -m slow`
 def test_a_registered_method_runs_in_demo_and_score_without_touching_other_files(toy, tmp_path, capsys):
   assert toy.defaults == {"factor": 0.25}
   out = tmp_path / "demo.json"

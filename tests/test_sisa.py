@@ -257,7 +257,6 @@ def test_cli_concurrent_forgets_are_serialised(tmp_path):
   assert bad.returncode == 2 and "123456" in err
 
 
-@pytest.mark.slow  # 13 s on 2 cores (subprocesses): run with `python -m pytest -m slow`
 def test_cli_forget_refuses_another_device_count(tmp_path):
   d = str(tmp_path / "d")
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}

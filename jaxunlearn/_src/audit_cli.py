@@ -38,9 +38,9 @@ def parse_hyper(items: list[str], method: str) -> dict:
 
 
 def run(args) -> int:
-  from rich.console import Console
+  from jaxunlearn._src.reports import _console
 
-  console = Console()
+  console = _console()  # wide when piped: no line breaks inside the messages
   if args.command == "train":
     meta = audit.train_checkpoint(dataset=args.dataset, model=args.model, out=args.out, epochs=args.epochs,
                                   seed=args.seed, data_dir=args.data_dir)

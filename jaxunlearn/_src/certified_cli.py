@@ -11,9 +11,9 @@ from jaxunlearn._src import certified, id_text, loaders
 
 def run(args) -> int:
   """Runs one ``jaxunlearn certified`` operation (exit 0; errors are reported by the caller)."""
-  from rich.console import Console
+  from jaxunlearn._src.reports import _console
 
-  console = Console()
+  console = _console()  # wide when piped: no line breaks inside the messages
   if args.op == "train":
     if os.path.exists(os.path.join(args.dir, "certified.json")):
       raise FileExistsError(f"{args.dir} already holds a certified model; use a new directory.")

@@ -13,10 +13,10 @@ from jaxunlearn._src.knn import KNNClassifier
 
 def run(args) -> int:
   """Builds the index, forgets, compares with a rebuilt index; exit 0 when they agree, 1 if not."""
-  from rich.console import Console
+  from jaxunlearn._src.reports import _console
   from rich.table import Table
 
-  console = Console()
+  console = _console()  # wide when piped: no line breaks inside the messages
   train, test = loaders.load(args.dataset, data_dir=args.data_dir)
   ids = id_text.parse_forget(args.forget, train, seed=args.seed)
   flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
