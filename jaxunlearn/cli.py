@@ -15,6 +15,14 @@ class _Parser(argparse.ArgumentParser):
     super().__init__(*args, **kwargs)
 
 
+def _ids_options(p):
+  """``--ids`` / ``--ids-file`` (one of them required); returns the group for more choices."""
+  group = p.add_mutually_exclusive_group(required=True)
+  group.add_argument("--ids", help="comma-separated ids, e.g. 3,17,42")
+  group.add_argument("--ids-file", help="file with one id per line")
+  return group
+
+
 def _positive_int(text: str) -> int:
   try:
     value = int(text)
@@ -107,9 +115,7 @@ def _sisa_parser(sub) -> None:
   t.add_argument("--data-dir", default=None, help="TFDS data directory (tfds: datasets only)")
   f = ops.add_parser("forget", help="forget ids exactly (retrains only the affected shards and slices)")
   f.add_argument("--dir", required=True)
-  group = f.add_mutually_exclusive_group(required=True)
-  group.add_argument("--ids", help="comma-separated ids, e.g. 3,17,42")
-  group.add_argument("--ids-file", help="file with one id per line")
+  _ids_options(f)
   r = ops.add_parser("repair", help="rebuild the live state from intact checkpoints, keeping every ledger deletion",
                      description="Rebuilds a missing, corrupted or outdated manifest and retrains damaged checkpoints "
                                  "from the last intact stage (from scratch if none); every id in the ledger stays "
@@ -143,9 +149,7 @@ def _train_forget_parsers(sub) -> None:
   f.add_argument("--checkpoint", required=True, help="the input orbax checkpoint")
   f.add_argument("--out", required=True, help="checkpoint directory to create (must not exist)")
   f.add_argument("--method", required=True, help="a classification method (see `jaxunlearn methods`)")
-  group = f.add_mutually_exclusive_group(required=True)
-  group.add_argument("--ids", help="comma-separated ids, e.g. 3,17,42")
-  group.add_argument("--ids-file", help="file with one id per line")
+  _ids_options(f)
   f.add_argument("--dataset", default=None, help="default: the checkpoint's record")
   f.add_argument("--model", default=None, help="default: the checkpoint's record (module:function for your own)")
   f.add_argument("--hyper", action="append", default=[], metavar="KEY=VALUE",
@@ -195,9 +199,7 @@ def _certified_parser(sub) -> None:
   t.add_argument("--data-dir", default=None, help="TFDS data directory (tfds: datasets only)")
   f = ops.add_parser("forget", help="remove ids (a Newton step, or a retrain when the budget would be passed)")
   f.add_argument("--dir", required=True)
-  group = f.add_mutually_exclusive_group(required=True)
-  group.add_argument("--ids", help="comma-separated ids, e.g. 3,17,42")
-  group.add_argument("--ids-file", help="file with one id per line")
+  group = _ids_options(f)
   group.add_argument("--resume", action="store_true", help="finish an interrupted request")
   f.add_argument("--wait", type=float, default=None, metavar="SECONDS",
                  help="give up if another writer holds the directory's lock this long")

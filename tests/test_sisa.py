@@ -120,12 +120,12 @@ def test_bad_requests_change_nothing(parts, tmp_path):
       job.forget(bad)
   with pytest.raises(TypeError, match="ids"):
     job.train(exclude_ids="17")
-  from jaxunlearn._src.sisa_cli import _parse_ids
+  from jaxunlearn._src.id_text import cli_ids
 
-  assert _parse_ids(" 3, 17 ,").tolist() == [3, 17]
+  assert cli_ids(" 3, 17 ,", None).tolist() == [3, 17]
   for text in ("1_9", "3.0", "17a", "0x11"):
-    with pytest.raises(ValueError, match=f"--ids entry .*{text}"):
-      _parse_ids(f"5,{text}")
+    with pytest.raises(ValueError, match=f"--ids entry 2: .*{text}"):
+      cli_ids(f"5,{text}", None)
   assert (tmp_path / "manifest.json").read_bytes() == manifest
   job.forget([5])
   assert job.forget([5])["noop"]

@@ -32,7 +32,7 @@ import numpy as np
 from jaxunlearn._src import data as data_lib
 from jaxunlearn._src import loaders, losses, metrics, models, selection, training
 from jaxunlearn._src import methods as methods_lib
-from jaxunlearn._src.sisa_files import CheckpointError, fsync_dir, fsync_write
+from jaxunlearn._src.sisa_files import CheckpointError, fsync_dir, fsync_write, read_json
 from jaxunlearn._src.sisa_plan import digest
 
 LEDGER = "forget-ledger.jsonl"
@@ -96,13 +96,7 @@ def _write_checkpoint(out: str, params, meta: dict, audit: dict | None) -> str:
 
 def read_meta(path: str) -> dict | None:
   """The ``jaxunlearn.json`` of a checkpoint written by jaxunlearn, or ``None`` (a user's own)."""
-  try:
-    with open(os.path.join(path, _META)) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
-  except (json.JSONDecodeError, UnicodeDecodeError) as err:
-    raise CheckpointError(f"{os.path.join(path, _META)} is corrupted: {err}") from None
+  return read_json(os.path.join(path, _META))
 
 
 def restore_params(path: str, template):

@@ -47,9 +47,7 @@ def run(args) -> int:
     console.print(f"trained {args.model} on {args.dataset} ({args.epochs} epochs, {meta['train_seconds']:.1f} s, "
                   f"test accuracy {meta['test_acc']:.4f}) -> {args.out}")
     return 0
-  ids = id_text.read_ids_file(args.ids_file) if args.ids_file else id_text.parse_id_tokens(
-      [t.strip() for t in args.ids.split(",") if t.strip()],
-      [f"--ids entry {i + 1}" for i in range(len(args.ids.split(",")))])
+  ids = id_text.cli_ids(args.ids, args.ids_file)
   record = audit.forget_checkpoint(args.checkpoint, args.out, method=args.method, ids=ids, dataset=args.dataset,
                                    model=args.model, hyper=parse_hyper(args.hyper, args.method), seed=args.seed,
                                    data_dir=args.data_dir)

@@ -59,7 +59,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from jaxunlearn._src import data as data_lib
-from jaxunlearn._src.sisa_files import CheckpointError, canonical, file_digests, fsync_write, seal
+from jaxunlearn._src.sisa_files import CheckpointError, canonical, file_digests, fsync_write, read_json, seal
 from jaxunlearn._src.sisa_plan import digest
 
 GAMMA = 0.25  # Lipschitz constant of the logistic loss's second derivative (a bound; the paper's value)
@@ -435,15 +435,9 @@ def fit(features: ArrayLike, labels: ArrayLike, ids: ArrayLike, *, lam: float = 
 
 def _read_record(directory: str) -> dict | None:
   path = os.path.join(directory, "certified.json")
-  try:
-    with open(path, "rb") as f:
-      raw = f.read()
-  except FileNotFoundError:
+  record = read_json(path)
+  if record is None:
     return None
-  try:
-    record = json.loads(raw.decode("utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError) as err:
-    raise CheckpointError(f"{path} is corrupted (not valid JSON: {err}).") from None
   if not isinstance(record, dict) or record.get("format") != FORMAT or "digest" not in record:
     raise CheckpointError(f"{path} is not a certified-removal record of format {FORMAT}.")
   if seal(record)["digest"] != record["digest"]:

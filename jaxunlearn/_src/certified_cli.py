@@ -27,12 +27,7 @@ def run(args) -> int:
                   f"budget {model.budget:.4g}) -> {args.dir}")
     return 0
   if args.op == "forget":
-    if args.resume:
-      ids = None
-    else:
-      ids = id_text.read_ids_file(args.ids_file) if args.ids_file else id_text.parse_id_tokens(
-          [t.strip() for t in args.ids.split(",") if t.strip()], [f"--ids entry {i + 1}" for i in
-                                                                 range(len(args.ids.split(",")))])
+    ids = None if args.resume else id_text.cli_ids(args.ids, args.ids_file)
     out = certified.forget(args.dir, ids, wait=args.wait)
     if out is None:
       console.print("nothing to do: no interrupted request.")

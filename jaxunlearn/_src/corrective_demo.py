@@ -65,6 +65,7 @@ class Job:
   """The prepared job: corrupted data, the poisoned model, its detections and the flagged split."""
 
   kind: str
+  fraction: float
   target: int
   clean: object
   train: object
@@ -151,7 +152,7 @@ def prepare(*, corrupt: str = "backdoor:0.05", dataset: str = "digits", model: s
   log(f"{detector} flagged {len(flagged)} examples (precision {detection[detector]['precision']:.2f}, "
       f"recall {detection[detector]['recall']:.2f})")
   forget, retain = selection.split_forget(train, flagged)
-  return Job(kind=kind, target=target, clean=clean, train=train, test=test, bad_ids=bad_ids, apply=apply, init=init,
+  return Job(kind=kind, fraction=fraction, target=target, clean=clean, train=train, test=test, bad_ids=bad_ids, apply=apply, init=init,
              loss=loss, poisoned=poisoned, fit=fit, detection=detection, flagged=flagged, forget=forget,
              retain=retain, seed=seed)
 
@@ -185,9 +186,8 @@ def run(
   tick = (lambda s, d: None) if progress is None else (lambda s, d: progress(s, d, stages))
   job = prepare(corrupt=corrupt, dataset=dataset, model=model, seed=seed, epochs=epochs, batch_size=batch_size,
                 detector=detector, data_dir=data_dir, log=log)
-  kind, fraction, target = parse_corrupt(corrupt)
-  report = {"dataset": dataset, "model": model, "corrupt": corrupt, "kind": kind, "fraction": fraction,
-            "target": target if kind == "backdoor" else None, "corrupted": int(len(job.bad_ids)), "seed": seed,
+  report = {"dataset": dataset, "model": model, "corrupt": corrupt, "kind": job.kind, "fraction": job.fraction,
+            "target": job.target if job.kind == "backdoor" else None, "corrupted": int(len(job.bad_ids)), "seed": seed,
             "train_size": int(len(job.train)), "test_size": int(len(job.test)), "backend": jax.default_backend(),
             "detector": detector, "flagged": int(len(job.flagged)), "detection": job.detection, "references": {},
             "methods": {}}

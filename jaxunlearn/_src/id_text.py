@@ -83,3 +83,11 @@ def read_ids_file(path: str) -> np.ndarray:
       tokens.append(token)
       where.append(f"{path}:{lineno}")
   return parse_id_tokens(tokens, where)
+
+
+def cli_ids(ids: str | None, ids_file: str | None) -> np.ndarray:
+  """The ids of a command's ``--ids 3,17,42`` (comma-separated) or ``--ids-file PATH`` option."""
+  if ids_file:
+    return read_ids_file(ids_file)
+  tokens = [t.strip() for t in (ids or "").split(",") if t.strip()]
+  return parse_id_tokens(tokens, [f"--ids entry {i + 1}" for i in range(len(tokens))])

@@ -74,7 +74,7 @@ def _run(args) -> int:
     return 3 if summary["cleanup_pending"] else 0
   job, test = _open(args.dir)
   if args.op == "forget":
-    ids = id_text.read_ids_file(args.ids_file) if args.ids_file else _parse_ids(args.ids)
+    ids = id_text.cli_ids(args.ids, args.ids_file)
     with progress_bar(console, "retraining") as bar:
       record = job.forget(ids, progress=bar, wait=args.wait)
     if record["noop"]:
@@ -112,11 +112,6 @@ def _run(args) -> int:
   if args.op == "status":
     return _status(console, job, test)
   raise ValueError(f"unknown sisa operation {args.op!r}")
-
-
-def _parse_ids(text: str) -> np.ndarray:
-  tokens = [t.strip() for t in text.split(",") if t.strip()]
-  return id_text.parse_id_tokens(tokens, [f"--ids entry {i + 1}" for i in range(len(tokens))])
 
 
 def _status(console, job: sisa.SISA, test: data_lib.Dataset) -> int:

@@ -51,6 +51,25 @@ def file_sha256(path: str) -> str:
     return hashlib.sha256(f.read()).hexdigest()
 
 
+def read_json(path: str) -> Any:
+  """The JSON content of ``path``, or ``None`` if there is no such file.
+
+  Raises:
+    CheckpointError: the file cannot be read or is not valid UTF-8 JSON (the message names it).
+  """
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except FileNotFoundError:
+    return None
+  except OSError as err:
+    raise CheckpointError(f"{path} cannot be read: {err.strerror or err}.") from None
+  try:
+    return json.loads(raw.decode("utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    raise CheckpointError(f"{path} is corrupted (not valid JSON: {err}); restore it from a backup.") from None
+
+
 _CONFIG_KEYS = ("format", "sisa", "data", "plan", "excluded_at_train", "resolved_strategy", "backend", "devices",
                 "jax", "data_dir", "digest")
 
@@ -67,17 +86,9 @@ def read_config(directory: str) -> dict | None:
   if os.path.exists(directory) and not os.path.isdir(directory):
     raise ValueError(f"{directory} is a file, not a SISA directory.")
   path = os.path.join(directory, "config.json")
-  try:
-    with open(path, "rb") as f:
-      raw = f.read()
-  except FileNotFoundError:
+  config = read_json(path)
+  if config is None:
     return None
-  except OSError as err:
-    raise CheckpointError(f"{path} cannot be read: {err.strerror or err}.") from None
-  try:
-    config = json.loads(raw.decode("utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError) as err:
-    raise CheckpointError(f"{path} is corrupted (not valid JSON: {err}); restore it from a backup.") from None
   if not isinstance(config, dict) or config.get("format") != FORMAT:
     found = config.get("format") if isinstance(config, dict) else None
     raise CheckpointError(f"{path} has format {found!r}, expected {FORMAT} (written by another jaxunlearn "
