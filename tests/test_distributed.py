@@ -1,16 +1,31 @@
 """Several processes: 2 local processes x 4 simulated CPU devices (gloo collectives) give the
 single-process results, and the launcher's failure handling."""
 
+import json
 import os
+import shutil
 import sys
 
 import jax
 import numpy as np
 
 import mp_common
-from jaxunlearn import cli, distributed
+import sisa_fixtures
+from jaxunlearn import cli, data, distributed
 
 HERE = os.path.dirname(__file__)
+
+
+def _launch_worker(script: str, args: list[str], processes: int = 2) -> None:
+  lines = []
+  env_path = os.environ.get("PYTHONPATH", "")
+  os.environ["PYTHONPATH"] = HERE + (os.pathsep + env_path if env_path else "")
+  try:
+    code = distributed.launch(processes, args, program=[sys.executable, os.path.join(HERE, script)],
+                              devices_per_process=8 // processes, timeout=300, echo=lines.append)
+  finally:
+    os.environ["PYTHONPATH"] = env_path
+  assert code == 0, "\n".join(lines[-30:])
 
 
 def test_two_processes_give_the_single_process_results(tmp_path):
@@ -33,6 +48,44 @@ def test_two_processes_give_the_single_process_results(tmp_path):
   assert set(ref) == set(got.files) - {"processes", "devices"}
   for k, v in ref.items():
     np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_sisa_in_two_processes_equals_one_process_bit_for_bit(tmp_path):
+  train, _ = data.load("digits")
+  job = sisa_fixtures.Job(train)
+  forget = [job.ids_in(0, 1)[0], job.ids_in(1, 0)[0]]  # shard 0 (process 0) from slice 1, shard 1 (process 1) from 0
+  # The reference, in this one process with 8 devices.
+  alone = job.open(tmp_path / "alone", new=True, strategy="sequential")
+  trained = alone.train().digests
+  shutil.copytree(tmp_path / "alone", tmp_path / "trained_alone")
+  result = alone.forget(forget)
+  forgotten = alone.digests()
+  assert forgotten != trained and result.retrained == {"0": 1, "1": 0}
+
+  out = tmp_path / "out"
+  out.mkdir()
+  _launch_worker("mp_sisa_worker.py", [str(out), str(tmp_path / "trained_alone"), str(tmp_path / "fresh"),
+                                       ",".join(map(str, forget))])
+  runs = [json.loads((out / f"process_{k}.json").read_text()) for k in range(2)]
+  for got in runs:  # every process returns the same, and it is the one-process result
+    assert got["processes"] == 2
+    assert got["train"] == trained
+    assert got["forget"]["digests"] == forgotten
+    assert got["forget"]["retrained"] == result.retrained and got["forget"]["steps"] == result.steps
+    assert got["forget"]["seq"] == 1
+    assert got["forget_elsewhere"] == forgotten
+    assert "1 id(s) are not in the SISA plan" in got["unknown"]
+  # The directory written by two processes is a complete one: one process reads, checks and
+  # verifies it; its files are those of the one-process directory.
+  fresh = job.open(tmp_path / "fresh")
+  assert fresh.digests() == forgotten and fresh.verify().ok
+  ours = json.loads((tmp_path / "fresh" / "manifest.json").read_text())
+  theirs = json.loads((tmp_path / "alone" / "manifest.json").read_text())
+  assert ours["stages"] == theirs["stages"] and ours["final"] == theirs["final"]
+  assert ours["forgotten"] == theirs["forgotten"] == sorted(forget)
+  ledger = (tmp_path / "fresh" / "ledger.jsonl").read_text().splitlines()
+  assert len(ledger) == 1 and json.loads(ledger[0])["ids"] == sorted(forget)
+  assert not fresh.status()["unreferenced"]
 
 
 def test_launch_stops_every_process_when_one_fails(tmp_path, capsys):

@@ -9,6 +9,7 @@ CPU collectives over gloo).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -65,6 +66,100 @@ def global_batch(local, mesh: jax.sharding.Mesh, axis: str | Sequence[str] | Non
     return jax.make_array_from_process_local_data(sharding, x, (x.shape[0] * jax.process_count(),) + x.shape[1:])
 
   return jax.tree.map(one, local)
+
+
+# -- collective helpers for code that runs the same calls in every process (SPMD) ------------------
+
+def multiprocess() -> bool:
+  """Whether this process is one of several (``jax.process_count() > 1``)."""
+  return jax.process_count() > 1
+
+
+def is_lead() -> bool:
+  """Whether this process is the one that writes shared files (process 0)."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Every process waits here until all have arrived (no-op in one process)."""
+  if multiprocess():
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def allgather_bytes(payload: bytes) -> list[bytes]:
+  """Every process's ``payload``, in process order, to every process."""
+  if not multiprocess():
+    return [payload]
+  from jax.experimental import multihost_utils
+
+  lengths = np.asarray(multihost_utils.process_allgather(np.array([len(payload)], np.int32))).reshape(-1)
+  buf = np.zeros(max(int(lengths.max()), 1), np.uint8)
+  buf[:len(payload)] = np.frombuffer(payload, np.uint8)
+  every = np.asarray(multihost_utils.process_allgather(buf))
+  return [every[p, :int(n)].tobytes() for p, n in enumerate(lengths)]
+
+
+# Errors that cross processes keep their type (by name), so that every process raises what the
+# lead raised; anything else arrives as a RuntimeError naming the original type.
+_PORTABLE_ERRORS: dict[str, type[BaseException]] = {
+    e.__name__: e for e in (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, OSError)}
+
+
+def register_portable_error(error: type[BaseException]) -> type[BaseException]:
+  """Lets ``on_lead`` re-raise ``error`` by its own type in the other processes."""
+  _PORTABLE_ERRORS[error.__name__] = error
+  return error
+
+
+def on_lead(fn: Callable[[], object]) -> object:
+  """Runs ``fn`` in process 0 only and returns its (JSON-serialisable) result in every process; when
+  it raises, every process raises the same error (same type and message), so no process is left
+  waiting at a later collective. In one process: ``fn()``."""
+  if not multiprocess():
+    return fn()
+  payload, error = b"", None
+  if is_lead():
+    try:
+      payload = json.dumps({"ok": fn()}).encode()
+    except Exception as err:  # noqa: BLE001 - re-raised below, after the others have heard of it
+      error = err
+      payload = json.dumps({"error": [type(err).__name__, str(err)]}).encode()
+  message = json.loads(allgather_bytes(payload)[0])
+  if error is not None:
+    raise error
+  if "error" in message:
+    name, text = message["error"]
+    kind = _PORTABLE_ERRORS.get(name)
+    if kind is None:
+      raise RuntimeError(f"process 0 failed: {name}: {text}")
+    raise kind(text)
+  return message["ok"]
+
+
+def pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
+  """``{name: array}`` as bytes (a JSON header and the raw buffers): bit-exact, any dtype JAX
+  knows (bfloat16 included), no pickle."""
+  header, chunks, offset = {}, [], 0
+  for name, a in arrays.items():
+    a = np.array(a, copy=None, order="C")  # (not ascontiguousarray: it makes a 0-d array 1-d)
+    header[name] = [a.dtype.name, list(a.shape), offset, a.nbytes]
+    chunks.append(a.tobytes())
+    offset += a.nbytes
+  head = json.dumps(header).encode()
+  return len(head).to_bytes(8, "little") + head + b"".join(chunks)
+
+
+def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
+  """The inverse of :func:`pack_arrays`."""
+  import jax.numpy as jnp
+
+  size = int.from_bytes(blob[:8], "little")
+  header = json.loads(blob[8:8 + size])
+  body = memoryview(blob)[8 + size:]
+  return {name: np.frombuffer(body[off:off + n], jnp.dtype(dtype)).reshape(shape).copy()
+          for name, (dtype, shape, off, n) in header.items()}
 
 
 def _free_port() -> int:

@@ -26,6 +26,7 @@ never touched (``status`` lists them).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -39,6 +40,7 @@ import numpy as np
 import optax
 
 from jaxunlearn._src import data as data_lib
+from jaxunlearn._src import distributed
 from jaxunlearn._src import sisa_plan as plan_lib
 from jaxunlearn._src import sisa_store as store_lib
 from jaxunlearn._src.base import ApplyFn, LossFn, Params
@@ -47,6 +49,9 @@ from jaxunlearn._src.sisa_engine import Progress, StageEngine
 from jaxunlearn._src.sisa_results import ForgetResult, RepairResult, TrainResult, VerifyResult
 from jaxunlearn._src.sisa_upkeep import Upkeep
 from jaxunlearn._src.sisa_store import CheckpointError, LockTimeout, SisaWarning, read_config
+
+distributed.register_portable_error(CheckpointError)
+distributed.register_portable_error(LockTimeout)
 
 __all__ = ("SISA", "CheckpointError", "ForgetResult", "LockTimeout", "RepairResult", "SisaConfig", "SisaWarning",
            "TrainResult", "VerifyResult", "aggregate", "digest", "plan", "read_config")
@@ -65,6 +70,13 @@ class SISA(StageEngine, Upkeep):
     config: hyper-parameters for a new directory; ``None`` reads them from an existing one.
     data_dir: where the data were loaded from (recorded at training so that the command line
       reloads them from the same place; informational for library users).
+
+  Several processes (``jax.distributed``): every process constructs the object and makes the same
+  calls; shard ``k`` is trained by process ``k % jax.process_count()``, process 0 alone writes the
+  directory (lock, checkpoints, manifest, ledger) once every owner has finished, and every process
+  returns the same result. Every process must see the directory (a shared filesystem). With the
+  ``"sequential"`` strategy (what ``"auto"`` picks there) the models are bit-identical to a
+  one-process run's, so a directory may be trained in one process count and forgotten in another.
 
   Example:
     >>> import tempfile, optax, jax
@@ -95,6 +107,7 @@ class SISA(StageEngine, Upkeep):
   ):
     self.directory = os.path.abspath(directory)
     self.data = data
+    distributed.barrier("jaxunlearn-sisa-open")  # every process reads the directory in the same state
     self.init_fn, self.apply_fn, self.loss_fn, self.optimizer = init_fn, apply_fn, loss_fn, optimizer
     stored = self._stored = read_config(self.directory)
     if stored is None and os.path.exists(os.path.join(self.directory, "manifest.json")):
@@ -129,6 +142,17 @@ class SISA(StageEngine, Upkeep):
       self._plan_arrays = self.store.read_plan(self._stored["plan"])
     return self._plan_arrays
 
+  @contextlib.contextmanager
+  def _writer(self, wait: float | None):
+    """The writer lock, held by process 0; every process goes on once it holds it (or raises
+    what it raised)."""
+    with contextlib.ExitStack() as stack:
+      def take():
+        stack.enter_context(self.store.locked(wait))
+
+      distributed.on_lead(take)
+      yield
+
   def _check_platform(self, what: str) -> None:
     stored = self._stored
     here = (jax.default_backend(), jax.device_count(), jax.__version__)
@@ -154,14 +178,8 @@ class SISA(StageEngine, Upkeep):
     c = self.config
     if exclude_ids is not None:
       exclude_ids = data_lib.as_ids(exclude_ids)
-    with self.store.locked(wait):
-      if os.path.exists(self.store.path("manifest.json")):
-        raise FileExistsError(f"{self.directory} already holds a trained SISA ensemble.")
-      if self.store.read_ledger():
-        raise FileExistsError(
-            f"{self.directory} has a ledger of deletion requests ({self.store.path('ledger.jsonl')}) but no manifest: "
-            "training it again would bring the deleted examples back. Run `jaxunlearn sisa repair` "
-            "(SISA.repair()) to rebuild its manifest with every ledger id forgotten.")
+    with self._writer(wait):
+      distributed.on_lead(self._check_untrained)
       excluded = set() if exclude_ids is None else set(int(i) for i in data_lib.check_ids(self.data, exclude_ids))
       if len(excluded) == len(self.data):
         raise ValueError("exclude_ids removes every example: nothing to train on.")
@@ -169,19 +187,22 @@ class SISA(StageEngine, Upkeep):
         raise ValueError(f"{self.directory} holds an interrupted training run that excluded "
                          f"{len(self._stored['excluded_at_train'])} id(s); resume it with the same exclude_ids, or "
                          "use a new directory.")
-      shard, slice_ = plan(self.data.ids, shards=c.shards, slices=c.slices, seed=c.seed)
-      plan_digest = self.store.write_plan(self.data.ids, shard, slice_)
+
+      def write_config() -> dict:
+        shard, slice_ = plan(self.data.ids, shards=c.shards, slices=c.slices, seed=c.seed)
+        plan_digest = self.store.write_plan(self.data.ids, shard, slice_)
+        store_lib.fault("train:plan")
+        config = store_lib.seal({
+            "format": store_lib.FORMAT, "sisa": dataclasses.asdict(c), "data": plan_lib.data_fingerprint(self.data),
+            "plan": plan_digest, "excluded_at_train": sorted(excluded),
+            "resolved_strategy": c.resolve_strategy(), "backend": jax.default_backend(), "devices": jax.device_count(),
+            "jax": jax.__version__, "data_dir": self._data_dir,
+        })
+        self.store.write_json("config.json", config, indent=1)
+        return config
+
       self._plan_arrays = None
-      store_lib.fault("train:plan")
-      resolved = c.resolve_strategy()
-      config = store_lib.seal({
-          "format": store_lib.FORMAT, "sisa": dataclasses.asdict(c), "data": plan_lib.data_fingerprint(self.data),
-          "plan": plan_digest, "excluded_at_train": sorted(excluded),
-          "resolved_strategy": resolved, "backend": jax.default_backend(), "devices": jax.device_count(),
-          "jax": jax.__version__, "data_dir": self._data_dir,
-      })
-      self.store.write_json("config.json", config, indent=1)
-      self._stored = config
+      self._stored = distributed.on_lead(write_config)
       store_lib.fault("train:config")
       t0 = time.perf_counter()
       stages, steps, final = self._run({k: 0 for k in range(c.shards)}, excluded, {}, progress, save=True)
@@ -192,12 +213,25 @@ class SISA(StageEngine, Upkeep):
           "final": {str(k): digest(final[k]) for k in range(c.shards)},
           "train_steps": steps, "train_seconds": seconds, "requests": [],
       }
-      store_lib.fault("train:before_commit")
-      with self.store.switch(shared=False):
-        self.store.write_json("manifest.json", manifest)
-        store_lib.fault("train:after_commit")
-        pending = self._finish(manifest, "training")
+
+      def commit() -> str | None:
+        store_lib.fault("train:before_commit")
+        with self.store.switch(shared=False):
+          self.store.write_json("manifest.json", manifest)
+          store_lib.fault("train:after_commit")
+          return self._finish(manifest, "training")
+
+      pending = distributed.on_lead(commit)
       return TrainResult(steps, seconds, [manifest["final"][str(k)] for k in range(c.shards)], pending)
+
+  def _check_untrained(self) -> None:
+    if os.path.exists(self.store.path("manifest.json")):
+      raise FileExistsError(f"{self.directory} already holds a trained SISA ensemble.")
+    if self.store.read_ledger():
+      raise FileExistsError(
+          f"{self.directory} has a ledger of deletion requests ({self.store.path('ledger.jsonl')}) but no manifest: "
+          "training it again would bring the deleted examples back. Run `jaxunlearn sisa repair` "
+          "(SISA.repair()) to rebuild its manifest with every ledger id forgotten.")
 
   @property
   def _fingerprint(self) -> str:
@@ -232,16 +266,21 @@ class SISA(StageEngine, Upkeep):
     request = np.unique(data_lib.as_ids(ids))
     if request.size == 0:
       raise ValueError("forget got no ids.")
-    with self.store.locked(wait):
+    with self._writer(wait):
       self._check_platform("forget")
-      manifest = self.store.live_manifest()
       plan_ids, plan_shard, plan_slice = self._plan()
       unknown = request[~np.isin(request, plan_ids)]
       if unknown.size:
         shown = ", ".join(str(i) for i in unknown[:20]) + (" ..." if unknown.size > 20 else "")
         raise ValueError(f"{unknown.size} id(s) are not in the SISA plan of {self.directory}: {shown}. Nothing changed.")
-      with self.store.switch(shared=False):
-        self._housekeep(manifest, locked=True)  # what a crash after an earlier commit left
+
+      def begin() -> dict:
+        manifest = self.store.live_manifest()
+        with self.store.switch(shared=False):
+          self._housekeep(manifest, locked=True)  # what a crash after an earlier commit left
+        return manifest
+
+      manifest = distributed.on_lead(begin)
       forgotten = set(manifest["forgotten"])
       already = [int(i) for i in request if int(i) in forgotten]
       new = np.array([i for i in request if int(i) not in forgotten], np.int64)
@@ -257,27 +296,32 @@ class SISA(StageEngine, Upkeep):
       t0 = time.perf_counter()
       stages, steps, final = self._run(starts, forgotten | set(new.tolist()), prior, progress, save=True)
       seconds = time.perf_counter() - t0
-      seq = 1 + max([r.get("seq", 0) for r in manifest["requests"] + self.store.read_ledger()], default=0)
-      record = {
-          "seq": seq,
-          "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "ids": [int(i) for i in new], "already_forgotten": already,
-          "retrained": {str(k): v for k, v in sorted(starts.items())}, "steps": steps, "seconds": seconds,
-          "digest_before": {str(k): manifest["final"][str(k)] for k in sorted(starts)},
-          "digest_after": {str(k): digest(final[k]) for k in sorted(starts)}, "noop": False,
-      }
-      for k in starts:
-        manifest["stages"][str(k)] = prior[k][:starts[k]] + stages[k]
-        manifest["final"][str(k)] = record["digest_after"][str(k)]
-      manifest["forgotten"] = sorted(forgotten | set(new.tolist()))
-      manifest["requests"].append(record)
-      store_lib.fault("forget:before_commit")
-      with self.store.switch(shared=False):
-        self.store.write_json("manifest.json", manifest)  # the atomic switch: the commit
-        store_lib.fault("forget:after_commit")
-        pending = self._finish(manifest, f"request #{seq}")
-      remaining = int(len(plan_ids) - len(manifest["forgotten"]))
-      return ForgetResult(**record, remaining=remaining, cleanup_pending=pending,
+
+      def commit() -> dict:
+        seq = 1 + max([r.get("seq", 0) for r in manifest["requests"] + self.store.read_ledger()], default=0)
+        record = {
+            "seq": seq,
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "ids": [int(i) for i in new], "already_forgotten": already,
+            "retrained": {str(k): v for k, v in sorted(starts.items())}, "steps": steps, "seconds": seconds,
+            "digest_before": {str(k): manifest["final"][str(k)] for k in sorted(starts)},
+            "digest_after": {str(k): digest(final[k]) for k in sorted(starts)}, "noop": False,
+        }
+        for k in starts:
+          manifest["stages"][str(k)] = prior[k][:starts[k]] + stages[k]
+          manifest["final"][str(k)] = record["digest_after"][str(k)]
+        manifest["forgotten"] = sorted(forgotten | set(new.tolist()))
+        manifest["requests"].append(record)
+        store_lib.fault("forget:before_commit")
+        with self.store.switch(shared=False):
+          self.store.write_json("manifest.json", manifest)  # the atomic switch: the commit
+          store_lib.fault("forget:after_commit")
+          return {"record": record, "pending": self._finish(manifest, f"request #{seq}")}
+
+      done = distributed.on_lead(commit)
+      record = done["record"]
+      remaining = int(len(plan_ids) - len(forgotten | set(new.tolist())))
+      return ForgetResult(**record, remaining=remaining, cleanup_pending=done["pending"],
                           message=f"forgot {len(record['ids'])} id(s); {remaining} training example(s) remain.")
 
   def repair(self, *, progress: Progress | None = None, wait: float | None = None) -> RepairResult:
@@ -297,13 +341,19 @@ class SISA(StageEngine, Upkeep):
     c = self.config
     if self._stored is None:
       raise FileNotFoundError(f"{self.directory} is not a SISA directory (no config.json): nothing to repair.")
-    with self.store.locked(wait):
+    with self._writer(wait):
       self._check_platform("repair")
-      ledger = self.store.read_ledger()
-      try:
-        old = self.store.read_manifest()
-      except (CheckpointError, FileNotFoundError):
-        old = None
+
+      def begin() -> dict:
+        ledger = self.store.read_ledger()
+        try:
+          old = self.store.read_manifest()
+        except (CheckpointError, FileNotFoundError):
+          old = None
+        return {"ledger": ledger, "old": old}
+
+      read = distributed.on_lead(begin)
+      ledger, old = read["ledger"], read["old"]
       plan_ids = self._plan()[0]
       forgotten = set(self._stored["excluded_at_train"]) | {i for r in ledger for i in r["ids"]}
       if old is not None:
@@ -331,10 +381,14 @@ class SISA(StageEngine, Upkeep):
               "retrained": {str(k): v for k, v in sorted(retrained.items())}, "steps": steps, "seconds": seconds,
               "manifest_was": "readable" if old is not None else "missing or corrupted"}],
       }
-      store_lib.fault("repair:before_commit")
-      with self.store.switch(shared=False):
-        self.store.write_json("manifest.json", manifest)
-        pending = self._finish(manifest, "repair")
+
+      def commit() -> str | None:
+        store_lib.fault("repair:before_commit")
+        with self.store.switch(shared=False):
+          self.store.write_json("manifest.json", manifest)
+          return self._finish(manifest, "repair")
+
+      pending = distributed.on_lead(commit)
       return RepairResult(len(forgotten), {str(k): v for k, v in sorted(retrained.items())},
                           c.shards * c.slices - sum(c.slices - v for v in retrained.values()), steps, seconds,
                           [manifest["final"][str(k)] for k in range(c.shards)], pending)

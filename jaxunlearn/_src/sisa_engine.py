@@ -8,6 +8,7 @@ checkpoints of the same content, and checks a directory against retraining (``ve
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import jax
@@ -55,12 +56,24 @@ class StageEngine:
            report: bool = False):
     """Trains the shards in ``starts`` from their start stage to the end, reusing any intact
     checkpoint of the same content; returns ``(stages {shard: [(name, digest)] for the stages
-    run}, steps, final params {shard: tree})``, plus ``{shard: first stage trained}`` if ``report``."""
+    run}, steps, final params {shard: tree})``, plus ``{shard: first stage trained}`` if ``report``.
+
+    In several processes (every one making this call), shard ``k`` is trained by process
+    ``k % processes`` on its own first device; after each stage the states are exchanged, process
+    0 writes the checkpoints, and every process returns the same result."""
     c = self.config
     plan_ = self._plan()
     template = self._state_template()
+    procs, me = jax.process_count(), jax.process_index()
+    if procs > 1 and self.strategy != "sequential":
+      raise ValueError(f"{self.directory} uses the {self.strategy!r} strategy, which runs every shard in one program "
+                       f"in one process; across {procs} processes SISA trains with strategy='sequential' (choose it at "
+                       "training; a directory trained with vmap is forgotten in one process).")
+    mine = lambda k: k % procs == me  # noqa: E731
     states = {}
     for shard, start in starts.items():
+      if not mine(shard):
+        continue
       if start == 0:
         p = self.init_fn(jax.random.fold_in(jax.random.key(c.seed), shard))
         states[shard] = {"params": p, "opt_state": self.optimizer.init(p)}
@@ -78,25 +91,54 @@ class StageEngine:
       active = [k for k in starts if starts[k] <= stage]
       stage_ids = {k: plan_lib.stage_ids(plan_, k, stage, forgotten) for k in active}
       keys = {k: self._stage_key(k, stage, stage_ids[k]) for k in active}
-      todo = []
+      todo, reused = [], {}
       for k in active:
-        reused = self._reusable_state(k, keys[k]) if save else None
-        if reused is not None:
-          states[k] = reused[0]
-          stages[k].append((keys[k], reused[1]))
+        if not mine(k):
+          continue
+        found = self._reusable_state(k, keys[k]) if save else None
+        if found is not None:
+          states[k], reused[k] = found
         else:
           todo.append(k)
-      if todo:
-        steps += self._train_stage(todo, stage, {k: stage_ids[k] for k in todo}, states, template)
-        for k in todo:
-          trained.setdefault(k, stage)
-          stages[k].append((keys[k], self.store.save(k, keys[k], states[k]) if save else digest(states[k])))
+      stage_steps = self._train_stage(todo, stage, {k: stage_ids[k] for k in todo}, states, template) if todo else 0
+      if procs > 1:
+        stage_steps, reused = self._exchange(states, [k for k in active if mine(k)], stage_steps, reused)
+      steps += stage_steps
+      for k in active:
+        if k in reused:
+          stages[k].append((keys[k], reused[k]))
+          continue
+        trained.setdefault(k, stage)
+        written = save and jax.process_index() == 0
+        stages[k].append((keys[k], self.store.save(k, keys[k], states[k]) if written else digest(states[k])))
+        if written:
           store_lib.fault("run:saved")
       done += len(active)
       if progress is not None:
         progress(f"stage {stage + 1}/{c.slices}", done, total)
     final = {k: states[k]["params"] for k in starts}
     return (stages, steps, final, trained) if report else (stages, steps, final)
+
+  def _exchange(self, states: dict, own: list[int], steps: int, reused: dict[int, str]) -> tuple[int, dict[int, str]]:
+    """Every process's states of its shards ``own`` (this stage's) to every process, bit for bit;
+    returns the steps of all processes and the digests of every reused (not retrained) state."""
+    from jaxunlearn._src import distributed
+
+    meta = json.dumps({"steps": steps, "reused": {str(k): d for k, d in reused.items()}, "own": own}).encode()
+    arrays = {"meta": np.frombuffer(meta, np.uint8)}
+    for k in own:
+      for i, leaf in enumerate(jax.tree.leaves(states[k])):
+        arrays[f"{k}/{i}"] = np.asarray(leaf)
+    treedef = jax.tree.structure(self._state_template())
+    total, every_reused = 0, {}
+    for blob in distributed.allgather_bytes(distributed.pack_arrays(arrays)):
+      got = distributed.unpack_arrays(blob)
+      info = json.loads(got["meta"].tobytes())
+      total += info["steps"]
+      every_reused.update({int(k): d for k, d in info["reused"].items()})
+      for k in info["own"]:
+        states[k] = treedef.unflatten([got[f"{k}/{i}"] for i in range(treedef.num_leaves)])
+    return total, every_reused
 
   def _train_stage(self, shards: list[int], stage: int, stage_ids: dict, states: dict, template) -> int:
     c = self.config

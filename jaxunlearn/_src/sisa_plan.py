@@ -63,10 +63,11 @@ class SisaConfig:
       raise ValueError(f"SISA learning_rate must be a finite number > 0, got {lr!r}.")
 
   def resolve_strategy(self) -> str:
-    """``strategy`` with ``"auto"`` resolved for this process's backend (sequential on CPU)."""
+    """``strategy`` with ``"auto"`` resolved for this process's backend: sequential on CPU and
+    across several processes (where each process trains its own shards), vmap otherwise."""
     if self.strategy != "auto":
       return self.strategy
-    return "sequential" if jax.default_backend() == "cpu" else "vmap"
+    return "sequential" if jax.default_backend() == "cpu" or jax.process_count() > 1 else "vmap"
 
 
 def plan(ids: np.ndarray, *, shards: int, slices: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

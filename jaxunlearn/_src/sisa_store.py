@@ -55,6 +55,20 @@ def fault(point: str) -> None:
   replace it to stop the process at ``point``. Does nothing otherwise."""
 
 
+def _checkpointer():
+  """An orbax checkpointer for this process alone: in several processes, SISA's checkpoints are
+  written by process 0 and read by the shard's owner, neither waiting for the others (orbax's
+  default would make every process join every save and restore)."""
+  import jax
+  import orbax.checkpoint as ocp
+
+  if jax.process_count() == 1:
+    return ocp.StandardCheckpointer()
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(
+      multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
+
+
 class Store:
   """One SISA directory's files. ``shards`` bounds what counts as a shard directory of ours."""
 
@@ -195,13 +209,11 @@ class Store:
     return ids, shard, slice_
 
   def save(self, shard: int, name: str, state) -> str:
-    import orbax.checkpoint as ocp
-
     path = self.path("ckpt", f"shard_{shard:03d}", name)
     if os.path.exists(path):  # a leftover of an interrupted run: its content is not trusted
       shutil.rmtree(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    ckpt = ocp.StandardCheckpointer()
+    ckpt = _checkpointer()
     ckpt.save(path, state)
     ckpt.wait_until_finished()
     ckpt.close()
@@ -213,8 +225,6 @@ class Store:
   def restore(self, shard: int, name: str, expected: str | None, template):
     """The checkpoint's state, every file's sha256 checked before orbax reads any, and its digest
     against ``expected`` (the manifest's) when given."""
-    import orbax.checkpoint as ocp
-
     path = self.path("ckpt", f"shard_{shard:03d}", name)
     if not os.path.isdir(path):
       raise CheckpointError(f"checkpoint {path} is missing.")
@@ -233,7 +243,7 @@ class Store:
       if found[rel] != want:
         raise CheckpointError(f"checkpoint file {os.path.join(path, rel)} is corrupted (sha256 mismatch).")
     expected = record["state"]
-    ckpt = ocp.StandardCheckpointer()
+    ckpt = _checkpointer()
     try:
       state = ckpt.restore(path, template)
     except Exception as err:  # orbax raises many types for damaged files

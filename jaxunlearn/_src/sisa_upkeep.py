@@ -15,6 +15,7 @@ import os
 import warnings
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
 from jaxunlearn._src import lanes
@@ -44,6 +45,8 @@ class Upkeep:
     checkpoints. ``locked``: the caller holds the writer and switch locks; otherwise they are taken
     if free (a writer at work finishes its own, and what is unreferenced may be its new
     checkpoints). Warns while checkpoints that may hold forgotten ids remain."""
+    if jax.process_index() != 0:
+      return  # several processes: process 0 alone writes the directory (and finishes this)
     logged = {store_lib.canonical(r) for r in self.store.read_ledger()}
     if not (any(store_lib.canonical(r) not in logged for r in manifest["requests"]) or self.store.unreferenced(manifest)):
       return
