@@ -38,3 +38,11 @@ def host(v) -> np.ndarray:
     assert v.is_fully_replicated, v.sharding
     return np.asarray(v.addressable_data(0))
   return np.asarray(v)
+
+
+def lm_params():
+  """A small decoder's parameters (deterministic), for the sharded-checkpoint test."""
+  from jaxunlearn.lm import models
+
+  lm = models.create(models.DecoderConfig(d_model=64, n_layers=2, n_heads=4, d_ff=128), seed=3)
+  return jax.tree.map(np.asarray, lm.params)

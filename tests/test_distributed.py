@@ -88,6 +88,32 @@ def test_sisa_in_two_processes_equals_one_process_bit_for_bit(tmp_path):
   assert not fresh.status()["unreferenced"]
 
 
+def test_sharded_lm_parameters_saved_and_restored_across_process_counts(tmp_path):
+  from jaxunlearn.lm import sharding
+
+  full = mp_common.lm_params()
+  auto = jax.sharding.AxisType.Auto
+  # Written by this one process on 8 devices; read below by two processes on two meshes.
+  sharding.save_params(str(tmp_path / "alone"), sharding.shard_params(full, jax.make_mesh((8,), ("fsdp",), axis_types=(auto,))))
+  out = tmp_path / "out"
+  out.mkdir()
+  _launch_worker("mp_lm_worker.py", [str(tmp_path / "alone"), str(tmp_path / "two"), str(out)])
+  for k in range(2):
+    got = json.loads((out / f"process_{k}.json").read_text())
+    for mesh in ("fsdp8", "data2_fsdp4"):
+      assert got[mesh]["equal"] and got[mesh]["pieces"] > 0, (k, mesh, got)
+    assert got["fsdp8"]["split_over_processes"] > 0  # pieces of one parameter lived in different processes
+  # Written by two processes (each its own pieces); read back by this one on another mesh.
+  for mesh in (jax.make_mesh((4,), ("fsdp",), axis_types=(auto,), devices=jax.devices()[:4]),
+               jax.make_mesh((8,), ("fsdp",), axis_types=(auto,))):
+    back = sharding.restore_params(str(tmp_path / "two"), mesh, template=full)
+    flat = dict(jax.tree_util.tree_flatten_with_path(full)[0])
+    for path, arr in jax.tree_util.tree_flatten_with_path(back)[0]:
+      np.testing.assert_array_equal(np.asarray(arr), flat[path], err_msg=jax.tree_util.keystr(path))
+  with __import__("pytest").raises(FileExistsError, match="never overwrites"):
+    sharding.save_params(str(tmp_path / "two"), full)
+
+
 def test_launch_stops_every_process_when_one_fails(tmp_path, capsys):
   script = tmp_path / "fail.py"
   script.write_text("import os, sys, time\n"

@@ -47,3 +47,25 @@ def test_explicit_axes_are_refused_by_name():
     sharding.shard_params(lm.params, mesh)
   with pytest.raises(ValueError, match="no 'fsdp' axis"):
     sharding.fsdp_shardings(lm.params, jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,)))
+
+
+def test_saved_params_come_back_on_another_mesh_and_bad_input_is_named(tmp_path):
+  lm = models.create(models.DecoderConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64), seed=1)
+  wide = jax.make_mesh((8,), ("fsdp",), axis_types=(AxisType.Auto,))
+  narrow = jax.make_mesh((2, 2), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2, devices=jax.devices()[:4])
+  sharding.save_params(str(tmp_path / "p"), sharding.shard_params(lm.params, wide))
+  back = sharding.restore_params(str(tmp_path / "p"), narrow, template=lm.params)
+  assert jax.tree.structure(back) == jax.tree.structure(lm.params)
+  for got, want in zip(jax.tree.leaves(back), jax.tree.leaves(lm.params)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert got.sharding.mesh.shape == narrow.shape
+  specs = jax.tree.leaves(jax.tree.map(lambda s: tuple(s.spec), sharding.fsdp_shardings(lm.params, narrow)),
+                          is_leaf=lambda x: isinstance(x, tuple))
+  assert [tuple(a.sharding.spec) for a in jax.tree.leaves(back)] == specs and ("fsdp",) in [tuple(x for x in s if x) for s in specs]
+  with pytest.raises(FileExistsError, match="never overwrites"):
+    sharding.save_params(str(tmp_path / "p"), lm.params)
+  with pytest.raises(FileNotFoundError, match="not a checkpoint directory"):
+    sharding.restore_params(str(tmp_path / "missing"), wide)
+  other = models.create(models.DecoderConfig(d_model=64, n_layers=2, n_heads=2, d_ff=64), seed=1)
+  with pytest.raises(ValueError, match="shaped like the template"):
+    sharding.restore_params(str(tmp_path / "p"), wide, template=other.params)

@@ -10,6 +10,7 @@ have ``AxisType.Auto`` (the compiler partitions the model); explicit axes are re
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -40,7 +41,7 @@ def fsdp_shardings(params: Any, mesh: Mesh, *, axis: str = "fsdp", min_size: int
   n = _axis(mesh, axis)
 
   def one(x):
-    shape = np.shape(x)
+    shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
     spec = [None] * len(shape)
     if int(np.prod(shape, dtype=np.int64)) >= min_size:
       candidates = [d for d in range(len(shape)) if shape[d] % n == 0]
@@ -72,3 +73,76 @@ def batch_sharding(mesh: Mesh, *, axes: tuple[str, ...] = ("data", "fsdp")) -> N
   if not present:
     raise ValueError(f"the mesh has none of the axes {axes} (axes: {mesh.axis_names}).")
   return NamedSharding(mesh, PartitionSpec(present if len(present) > 1 else present[0]))
+
+
+def save_params(path: str, params: Any) -> None:
+  """Saves (sharded) parameters as an orbax checkpoint at ``path``, which must not exist.
+
+  In several processes every process makes the call and writes the shards its devices hold
+  (arrays placed by :func:`shard_params` over all processes' devices); the directory appears
+  complete or not at all (orbax's commit). :func:`restore_params` reads it back on any mesh, in
+  any number of processes.
+
+  Args:
+    path: a new directory (a shared filesystem when several processes write it).
+    params: the parameter pytree (global ``jax.Array``s, or host arrays in one process).
+  """
+  import orbax.checkpoint as ocp
+
+  path = os.path.abspath(path)
+  if os.path.exists(path):
+    raise FileExistsError(f"{path} already exists: save_params never overwrites a checkpoint.")
+  ckpt = ocp.StandardCheckpointer()
+  ckpt.save(path, params)
+  ckpt.wait_until_finished()
+  ckpt.close()
+
+
+def restore_params(path: str, mesh: Mesh, *, template: Any = None, axis: str = "fsdp", min_size: int = 1024) -> Any:
+  """Parameters saved by :func:`save_params` (or any orbax checkpoint of arrays), read straight
+  into their ``fsdp_shardings`` on ``mesh``: each process reads only the pieces its devices hold,
+  whatever the mesh and process count the checkpoint was written with.
+
+  Args:
+    path: the checkpoint directory.
+    mesh: where the parameters go (``AxisType.Auto`` axes, one named ``axis``).
+    template: a pytree like the parameters (arrays or ``jax.ShapeDtypeStruct``s, e.g. a freshly
+      built model's ``params``) whose structure the result takes (orbax stores dict keys as
+      strings: without a template, a list or an integer-keyed dict comes back string-keyed).
+    axis: the mesh axis parameters are split over.
+    min_size: parameters smaller than this are replicated (as in :func:`fsdp_shardings`).
+
+  Returns:
+    The parameter pytree of global arrays placed on ``mesh``.
+
+  Example:
+    >>> import tempfile, jax, numpy as np
+    >>> from jaxunlearn.lm import models, sharding
+    >>> mesh = jax.make_mesh((1,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,))
+    >>> lm = models.create(models.DecoderConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64))
+    >>> path = tempfile.mkdtemp() + "/params"
+    >>> sharding.save_params(path, sharding.shard_params(lm.params, mesh))
+    >>> back = sharding.restore_params(path, mesh, template=lm.params)
+    >>> bool(np.array_equal(back["head"]["kernel"], lm.params["head"]["kernel"]))
+    True
+  """
+  import orbax.checkpoint as ocp
+
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path} is not a checkpoint directory.")
+  ckpt = ocp.StandardCheckpointer()
+  try:
+    if template is None:
+      meta = ckpt.metadata(path)
+      tree = getattr(meta, "item_metadata", meta)
+      template = getattr(tree, "tree", tree)
+    shapes = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), template)
+    shardings = fsdp_shardings(shapes, mesh, axis=axis, min_size=min_size)
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    try:
+      return ckpt.restore(path, target)
+    except (ValueError, KeyError) as err:
+      raise ValueError(f"{path} does not hold parameters shaped like the template: {err}") from None
+  finally:
+    ckpt.close()
