@@ -18,6 +18,7 @@ def main(path: str) -> None:
   x, y, mask = mp_common.data()
   rows = distributed.local_rows(len(x))
   out = mp_common.compute(distributed.global_batch({"x": x[rows], "y": y[rows], "mask": mask[rows]}, mesh))
+  out.update(mp_common.fitted(mesh))
   if jax.process_index() == 0:
     np.savez(path, **out, processes=jax.process_count(), devices=jax.device_count())
 

@@ -1,5 +1,6 @@
 """Several processes: 2 local processes x 4 simulated CPU devices (gloo collectives) give the
-single-process results, and the launcher's failure handling."""
+single-process results (data-parallel steps and fit, SISA, sharded LM checkpoints), and the
+launcher's failure handling."""
 
 import json
 import os
@@ -45,6 +46,7 @@ def test_two_processes_give_the_single_process_results(tmp_path):
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
   x, y, mask = mp_common.data()
   ref = mp_common.compute(distributed.global_batch({"x": x, "y": y, "mask": mask}, mesh))
+  ref.update(mp_common.fitted(mesh))
   assert set(ref) == set(got.files) - {"processes", "devices"}
   for k, v in ref.items():
     np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-6, err_msg=k)

@@ -172,3 +172,21 @@ def test_training_accuracy_is_a_deprecated_alias():
     old = training.accuracy(apply, params, test)
   logits = training.predict(apply, params, test.x)
   assert old == training.dataset_accuracy(apply, params, test) == pytest.approx(np.mean(logits.argmax(1) == test.y))
+
+
+@pytest.mark.parametrize("axis_type", ["explicit", "auto"])
+def test_fit_on_a_mesh_is_data_parallel_and_equals_one_device(digits, axis_type):
+  train, _ = digits
+  ds = train.take(train.ids[:200])  # 200 = 3 batches of 64 + a padded one
+  apply, params = models.create("mlp", train.input_shape, 10, key=jax.random.key(2), hidden=(32,))
+  loss = losses.cross_entropy_loss(apply)
+  kw = dict(optimizer=optax.adam(1e-2), epochs=2, batch_size=64, seed=4)
+  alone = training.fit(loss, params, ds, **kw)
+  kind = jax.sharding.AxisType.Explicit if axis_type == "explicit" else jax.sharding.AxisType.Auto
+  mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(kind, kind))
+  spread = training.fit(loss, params, ds, mesh=mesh, **kw)
+  for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(spread)):
+    assert b.sharding.is_fully_replicated and len(b.sharding.device_set) == 8
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="does not split evenly over the mesh's 8 devices"):
+    training.fit(loss, params, ds, mesh=mesh, **{**kw, "batch_size": 60})

@@ -162,6 +162,22 @@ def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
           for name, (dtype, shape, off, n) in header.items()}
 
 
+def to_host(tree):
+  """A pytree of (possibly multi-process) arrays as NumPy arrays in every process: replicated
+  arrays from this process's own copy, sharded ones gathered from every process."""
+
+  def one(v):
+    if isinstance(v, jax.Array) and not v.is_fully_addressable:
+      if v.is_fully_replicated:
+        return np.asarray(v.addressable_data(0))
+      from jax.experimental import multihost_utils
+
+      return np.asarray(multihost_utils.process_allgather(v, tiled=True))
+    return np.asarray(v)
+
+  return jax.tree.map(one, tree)
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

@@ -55,6 +55,7 @@ def fit(
     micro_batch: int | None = None,
     state: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Params | tuple[Params, Any]:
   """Trains ``params`` by minimising ``loss_fn`` over ``epochs`` passes of ``ds``.
 
@@ -86,6 +87,13 @@ def fit(
 
     progress: called as ``progress(epoch, epochs)`` after each epoch (it blocks on that epoch's
       result, so a progress bar shows real progress).
+    mesh: data-parallel training: each batch is split along its example axis over every device
+      of ``mesh`` (``batch_size`` must divide evenly), the parameters and optimizer state are
+      replicated, and the gradient is reduced across devices by the compiler. In several
+      processes (``jax.distributed``) the mesh spans every process's devices, each process passes
+      the same ``ds`` and makes the same call, and the result is the one-process result (up to
+      the order of the cross-device sum); the returned arrays are global (replicated): read them
+      with ``jaxunlearn.distributed.to_host``.
 
   Returns:
     The trained parameters; with ``state``, ``(params, state)``.
@@ -106,9 +114,18 @@ def fit(
   if state is not None and micro_batch is not None:
     raise ValueError("micro_batch and state cannot be combined: the state of one micro-batch would feed the next.")
   step = compiled_step(loss_fn, optimizer, micro_batch, state is not None)
+  place = lambda batch: batch  # noqa: E731
+  if mesh is not None:
+    if batch_size % mesh.size:
+      raise ValueError(f"batch_size {batch_size} does not split evenly over the mesh's {mesh.size} devices.")
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names)))
+    params = jax.device_put(params, replicated)
+    state = None if state is None else jax.device_put(state, replicated)
+    place = lambda batch: jax.device_put(batch, rows)  # noqa: E731
   opt_state = optimizer.init(params)
   for epoch in range(epochs):
-    for batch in data_lib.batches(ds, batch_size, seed=seed, epoch=epoch):
+    for batch in map(place, data_lib.batches(ds, batch_size, seed=seed, epoch=epoch)):
       if state is None:
         params, opt_state, _ = step(params, opt_state, batch)
       else:
