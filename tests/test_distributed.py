@@ -116,6 +116,25 @@ def test_sharded_lm_parameters_saved_and_restored_across_process_counts(tmp_path
     sharding.save_params(str(tmp_path / "two"), full)
 
 
+def test_score_in_two_processes_equals_one_process(tmp_path, capsys):
+  from jaxunlearn._src import score
+
+  # Lane recipes (one with draws salted by model index), and a method run model by model.
+  methods = ["gradient_difference", "reset_repair", "random_label"]
+  alone = score.run(n_models=4, epochs=2, methods=methods)
+  path = tmp_path / "score.json"
+  args = ["score", "--models", "4", "--epochs", "2", "--methods", ",".join(methods), "--json", str(path)]
+  assert cli.main(["launch", "--processes", "2", "--devices-per-process", "4", "--", *args]) == 0
+  out = capsys.readouterr().out
+  assert "[0] wrote" in out and "[1] wrote" not in out  # one process writes the file
+  two = json.loads(path.read_text())
+  assert two["processes"] == 2 and alone["processes"] == 1
+  for name in ("retrain", "original", "retrain_ceiling", *methods):
+    want = alone[name] if name in alone else alone["methods"][name]
+    got = two[name] if name in two else two["methods"][name]
+    assert {k: v for k, v in got.items() if k != "seconds"} == {k: v for k, v in want.items() if k != "seconds"}, name
+
+
 def test_launch_stops_every_process_when_one_fails(tmp_path, capsys):
   script = tmp_path / "fail.py"
   script.write_text("import os, sys, time\n"

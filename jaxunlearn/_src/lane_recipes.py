@@ -37,6 +37,9 @@ class Stacked:
     apply_fn: ``apply(params, x) -> logits`` of one model (for methods that read predictions:
       distillation, adversarial examples), or ``None``.
     holdout: held-out examples distributed like the forget set (SCRUB+R's rewinding), or ``None``.
+    first: the index among all N models of this stack's first model (``score`` in several
+      processes gives each process a slice of the N): draws salted by model index use it, so a
+      model's result does not depend on how the N are split.
   """
 
   loss_fn: Callable
@@ -50,6 +53,7 @@ class Stacked:
   key: jax.Array
   apply_fn: Callable | None = None
   holdout: data_lib.Dataset | None = None
+  first: int = 0
 
   def context(self, name: str) -> Any:
     """The model context a recipe ``needs`` (``"init_fn"``, ``"apply_fn"``, ``"holdout"``)."""
@@ -137,6 +141,6 @@ def ssd(s: Stacked, *, alpha_scale: float, dampening: float, batch_size: int, pe
 
 
 def reset_repair(s: Stacked, *, mask, learning_rate: float, epochs: int, batch_size: int):
-  fresh = lanes.init_many(s.init_fn, s.key, range(1000, 1000 + s.n))
+  fresh = lanes.init_many(s.init_fn, s.key, range(1000 + s.first, 1000 + s.first + s.n))
   params = reset_params(s.params, fresh, mask)
   return s.fit(params, s.retain, cached_optimizer("adam", learning_rate), epochs=epochs, batch_size=batch_size)

@@ -10,7 +10,7 @@ with different step counts share one program and never influence each other.
 Two strategies run a schedule:
 
 * ``"vmap"``: one jitted ``vmap`` of the step over all lanes; when the lane count is a multiple of
-  the device count the lane axis is sharded over the devices.
+  the (process-local) device count the lane axis is sharded over the devices.
 * ``"sequential"``: the same step, jitted without ``vmap``, lane after lane (inactive steps skipped).
 
 The two give (slightly) different floating-point results, so a model must always be retrained with
@@ -135,7 +135,8 @@ def _steps(loss_fn: LossFn, optimizer: optax.GradientTransformation):
 
 
 def _lane_sharding(lanes: int):
-  devices = jax.devices()
+  # This process's devices: across processes, each runs its own lanes (``score``).
+  devices = jax.local_devices()
   if len(devices) > 1 and lanes % len(devices) == 0:
     mesh = jax.sharding.Mesh(np.array(devices), ("lanes",))
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("lanes"))

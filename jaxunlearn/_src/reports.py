@@ -158,6 +158,10 @@ def _console():
 
 
 def _write_outputs(console, report: dict, args, plot_name: str) -> None:
+  import jax
+
+  if jax.process_index() != 0:
+    return  # several processes: each holds the same report; process 0 writes the files
   if args.json_path:
     with open(args.json_path, "w") as f:
       json.dump(report, f, indent=2)

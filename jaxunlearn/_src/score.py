@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import optax
 
-from jaxunlearn._src import lanes, neurips
+from jaxunlearn._src import distributed, lanes, neurips
 from jaxunlearn._src import methods as methods_lib
 from jaxunlearn._src.demo import holdout_for, prepare
 from jaxunlearn._src.lane_recipes import Stacked
@@ -48,6 +48,12 @@ def run(
   ceiling (``gap_share``).
   ``log(message)`` says what starts; ``progress(stage, done, total)`` counts the stages (the two
   trainings of N models and one per method) as they end.
+
+  In several processes (``jax.distributed``; every process makes the call) the N models are split
+  evenly: process ``p`` trains, unlearns and evaluates its slice of them on its own devices, the
+  per-model results are gathered, and every process returns the same report, equal to the
+  one-process report (with the same devices per process: bit for bit, as each model's program is
+  the same). ``seconds`` are the slowest process's.
   """
   methods = methods_lib.names() if methods is None else methods
   stages = 3 + len(methods)
@@ -57,18 +63,23 @@ def run(
   train, test, forget_ds, retain_ds, apply, _, init, loss = prepare(
       dataset=dataset, forget=forget, model=model, seed=seed, data_dir=data_dir
   )
+  procs = jax.process_count()
+  if n_models % procs:
+    raise ValueError(f"--models {n_models} does not split evenly over {procs} processes.")
+  per = n_models // procs
+  first = jax.process_index() * per  # this process's models: first .. first + per - 1
   key = jax.random.key(seed)
-  seeds = [seed * 100_003 + m for m in range(n_models)]
+  seeds = [seed * 100_003 + m for m in range(first, first + per)]
   optimizer = optax.adam(1e-3)
 
   def train_many(ds, salt):
-    params = lanes.init_many(init, key, range(salt * n_models, (salt + 1) * n_models))
-    schedule = lanes.epochs_schedule(ds, lanes=n_models, epochs=epochs, batch_size=batch_size,
+    params = lanes.init_many(init, key, range(salt * n_models + first, salt * n_models + first + per))
+    schedule = lanes.epochs_schedule(ds, lanes=per, epochs=epochs, batch_size=batch_size,
                                      seeds=[s + salt for s in seeds])
     t0 = time.perf_counter()
     out, _ = lanes.run(loss, optimizer, params, lanes.init_states(optimizer, params), lanes.table(ds),
                        schedule, strategy=strategy)
-    return jax.block_until_ready(out), time.perf_counter() - t0
+    return jax.block_until_ready(out), _slowest(time.perf_counter() - t0)
 
   log(f"training {n_models} original models on {len(train)} examples ({strategy})")
   original, original_s = train_many(train, 0)
@@ -81,19 +92,22 @@ def run(
   tick("retrain ceiling", 3)
 
   def evaluate(params):
-    row = {}
+    local = {}
     for name, ds in (("forget", forget_ds), ("retain", retain_ds), ("test", test)):
       logits = lanes.predict_stacked(apply, params, ds.x)
-      row[f"{name}_acc"] = float(np.mean(np.argmax(logits, -1) == ds.y[None]))
+      local[name] = np.sum(np.argmax(logits, -1) == ds.y[None], axis=1)  # correct per model
       if name == "forget":
-        confs = np.stack([neurips.logit_scaled_confidence(z, ds.y) for z in logits])
-    return row, confs
+        local["confs"] = np.stack([neurips.logit_scaled_confidence(z, ds.y) for z in logits])
+    every = _gather_models(local)  # all N models, in model order
+    row = {f"{name}_acc": float(np.sum(every[name]) / (n_models * len(ds)))
+           for name, ds in (("forget", forget_ds), ("retain", retain_ds), ("test", test))}
+    return row, every["confs"]
 
   ref, ref_confs = evaluate(retrained)
   ref["seconds"] = retrain_s
   report = {
       "dataset": dataset, "model": model, "forget": forget, "forget_size": int(len(forget_ds)),
-      "models": n_models, "seed": seed, "strategy": strategy, "backend": jax.default_backend(),
+      "models": n_models, "seed": seed, "strategy": strategy, "backend": jax.default_backend(), "processes": procs,
       "retrain": ref, "methods": {},
   }
 
@@ -115,16 +129,27 @@ def run(
   for row in (report["original"], report["retrain_ceiling"]):
     row["gap_share"] = gap_share(row["score"], floor, top)
   stacked = Stacked(loss, init, original, train, forget_ds, retain_ds, seeds, strategy, jax.random.fold_in(key, 7),
-                    apply_fn=apply, holdout=holdout_for(forget_ds, test, by_class=forget.startswith("class:")))
+                    apply_fn=apply, holdout=holdout_for(forget_ds, test, by_class=forget.startswith("class:")), first=first)
   for done, name in enumerate(methods, start=4):
     method = methods_lib.get(name)
     log(f"{name}: {method.describe()} (x{n_models})")
     t0 = time.perf_counter()
     params = jax.block_until_ready(method.many(stacked))
-    row = report["methods"][name] = scored(params, time.perf_counter() - t0)
+    row = report["methods"][name] = scored(params, _slowest(time.perf_counter() - t0))
     row["gap_share"] = gap_share(row["score"], floor, top)
     tick(name, done)
   return report
+
+
+def _gather_models(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Per-model arrays (leading axis: this process's models) of every process, concatenated in
+  process order (= model order)."""
+  parts = [distributed.unpack_arrays(b) for b in distributed.allgather_bytes(distributed.pack_arrays(local))]
+  return {k: np.concatenate([p[k] for p in parts]) for k in local}
+
+
+def _slowest(seconds: float) -> float:
+  return float(_gather_models({"s": np.array([seconds])})["s"].max())
 
 
 def gap_share(score: float, floor: float, ceiling: float) -> float | None:
