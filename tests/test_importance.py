@@ -107,3 +107,42 @@ def test_fisher_under_jit_with_named_sharding_equals_single_device(axis_type, pe
   assert len(sharded["x"].sharding.device_set) == 8
   fn = jax.jit(lambda p, d: ju.fisher_diagonal(loss, p, d, batch_size=batch_size, per_example=per_example))
   chex.assert_trees_all_close(fn(params, sharded), single, rtol=1e-5, atol=1e-8)
+
+
+def _with_garbage(data, rows, seed=5):
+  """``data`` + ``rows`` rows of random inputs and labels marked as padding (mask 0)."""
+  rng = np.random.default_rng(seed)
+  n = len(data["y"])
+  return {"x": jnp.concatenate([data["x"], jnp.asarray(rng.normal(size=(rows, data["x"].shape[1])) * 5, jnp.float32)]),
+          "y": jnp.concatenate([data["y"], jnp.asarray(rng.integers(0, 3, rows), jnp.int32)]),
+          "mask": jnp.concatenate([jnp.ones(n), jnp.zeros(rows)])}
+
+
+@pytest.mark.parametrize("method", ["decompose", "vmap"])
+def test_padding_rows_add_nothing_and_are_not_counted_per_example(method):
+  loss, params, data = _regression_problem()  # its loss ignores the mask: the pass must not need it
+  want = jax.tree_util.tree_map(lambda a: a.astype(np.float32), _loop_fisher_per_example(loss, params, data))
+  for batch_size in (4, 5):
+    got = ju.fisher_diagonal(loss, params, _with_garbage(data, 9), batch_size=batch_size, method=method)
+    chex.assert_trees_all_close(got, want, rtol=2e-5, atol=1e-7)
+  from jaxunlearn._src.importance import bucketed
+
+  padded = bucketed(data, 2)  # 12 chunks of 2 -> 12 (a multiple of 2): 24 rows, one of padding
+  assert padded["x"].shape[0] == 24 and padded["mask"].tolist() == [1.0] * 23 + [0.0]
+  chex.assert_trees_all_close(ju.fisher_diagonal(loss, params, padded, batch_size=2, method=method), want,
+                              rtol=2e-5, atol=1e-7)
+
+
+def test_minibatches_of_padding_only_are_not_counted():
+  loss, params, data = _regression_problem()
+
+  def masked(p, batch):  # the per-batch mode needs a loss that honours the mask (as the library's do)
+    logits = jnp.tanh(batch["x"] @ p["w"]) * 2.0 + p["b"][None, :]
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["y"][:, None], axis=1)[:, 0]
+    m = batch.get("mask", jnp.ones_like(nll))
+    return jnp.sum(nll * m) / jnp.maximum(jnp.sum(m), 1)
+
+  # 23 real rows in minibatches of 5: 4 full, one of 3 (+ 2 padding), then one of padding only.
+  want = _loop_fisher_per_batch(masked, params, data, 5)
+  got = ju.fisher_diagonal(masked, params, _with_garbage(data, 7), batch_size=5, per_example=False)
+  chex.assert_trees_all_close(got, jax.tree_util.tree_map(lambda a: a.astype(np.float32), want), rtol=2e-5, atol=1e-7)

@@ -111,12 +111,7 @@ def test_the_new_steps_run_with_the_batch_sharded_over_8_devices(setup):
   _close(got, want)
 
 
-# The Fisher pass scans full chunks of batch_size and calls once more for the remainder: another
-# forget-set size is another scan length, hence another program.
-_FISHER = {"ssd", "fisher_forgetting"}
-
-
-@pytest.mark.parametrize("name", [n for n in methods.names() if n not in _FISHER])
+@pytest.mark.parametrize("name", methods.names())
 def test_a_request_of_another_size_compiles_nothing(name, setup):
   forget, _, _, params, _, _, calls = setup
   run, before = _first_request(name, setup)

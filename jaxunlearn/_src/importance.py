@@ -104,12 +104,28 @@ def _reporter(progress, axis_name):
   return report
 
 
+def _mask_of(data):
+  return data.get("mask") if isinstance(data, dict) else None
+
+
+def _masked_example_loss(loss_fn):
+  """``loss_fn`` on a one-example batch times that example's mask: a padding row's gradient is
+  zero even for a loss that ignores the mask."""
+  def loss(p, batch):
+    return loss_fn(p, batch) * jnp.sum(batch["mask"]).astype(jnp.float32)
+
+  return loss
+
+
 def _local_fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, unroll, method, micro_batch, progress):
   if axis_name is not None:
     params = jax.tree_util.tree_map(lambda p: vary(p, axis_name), params)
   n = example_count(data, name="data")
   n_full, rem = divmod(n, batch_size)
   report = _reporter(progress, axis_name)
+  masked = _mask_of(data) is not None
+  if masked and per_example:
+    loss_fn = _masked_example_loss(loss_fn)
 
   if per_example and method == "decompose":
     def chunk_stat(acc, chunk):
@@ -127,7 +143,11 @@ def _local_fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, 
     grad = batch_grad(loss_fn, micro_batch)
 
     def chunk_stat(acc, chunk):
-      return _add_sq(acc, grad(params, chunk), axis=None)
+      sq = _add_sq(_zeros_f32(params), grad(params, chunk), axis=None)
+      if masked:  # a minibatch of padding only counts for nothing
+        real = (jnp.sum(chunk["mask"]) > 0).astype(jnp.float32)
+        sq = jax.tree_util.tree_map(lambda s: s * real, sq)
+      return jax.tree_util.tree_map(jnp.add, acc, sq)
 
   if rem:
     # Slicing an explicitly sharded axis unevenly is not allowed: gather such data first.
@@ -161,11 +181,60 @@ def _local_fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, 
     acc = chunk_stat(acc, jax.tree_util.tree_map(lambda x: x[n_full * batch_size:], data))
     report(n_full + 1, n_full + 1, acc)
 
-  count = jnp.float32(n if per_example else n_full + (1 if rem else 0))
+  if not masked:
+    count = jnp.float32(n if per_example else n_full + (1 if rem else 0))
+  elif per_example:
+    count = jnp.sum(_mask_of(data) != 0).astype(jnp.float32)
+  else:
+    live = (_mask_of(data) != 0).astype(jnp.float32)
+    chunks = [jnp.sum(live[: n_full * batch_size].reshape(n_full, batch_size), axis=1)] if n_full else []
+    chunks += [jnp.sum(live[n_full * batch_size:], keepdims=True)] if rem else []
+    count = jnp.sum(jnp.concatenate(chunks) > 0).astype(jnp.float32)
   if axis_name is not None:
     acc = jax.lax.psum(acc, axis_name)
     count = jax.lax.psum(vary(count, axis_name), axis_name)
   return jax.tree_util.tree_map(lambda a, p: (a / count).astype(jnp.asarray(p).dtype), acc, params)
+
+
+def bucketed(data: Any, batch_size: int) -> dict:
+  r"""``data`` (a ``Dataset`` or a batch dict) padded with zero rows (ids -1) to a bucket size,
+  with a ``"mask"`` (1 real, 0 padding; an existing mask is kept): :func:`fisher_diagonal` of the
+  result equals that of ``data`` (up to float summation order), and sets of nearby sizes share
+  one compiled pass.
+
+  The bucket: the chunk count :math:`c = \lceil n / B \rceil` rounded up to a multiple of
+  :math:`2^{\max(0, b - 3)}`, :math:`b` the bit length of :math:`c`: exact up to 8 chunks, then
+  8 sizes per doubling, so at most a quarter of the rows are padding.
+
+  Example:
+    >>> import numpy as np
+    >>> from jaxunlearn._src.importance import bucketed
+    >>> b = bucketed({"x": np.ones((37, 2), np.float32), "y": np.zeros(37, np.int32)}, batch_size=4)
+    >>> b["x"].shape, int(b["mask"].sum())   # 10 chunks of 4 -> 10 (a multiple of 2)
+    ((40, 2), 37)
+    >>> bucketed({"x": np.ones((70, 2), np.float32)}, batch_size=4)["x"].shape   # 18 -> 20 chunks
+    (80, 2)
+  """
+  if isinstance(data, Dataset):
+    data = data.as_batch()
+  if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+  n = example_count(data, name="data")
+  chunks = -(-n // batch_size)
+  step = 1 << max(0, chunks.bit_length() - 3)
+  size = batch_size * (-(-chunks // step) * step)
+  data = dict(data)
+  if "mask" not in data:
+    data["mask"] = np.ones(n, np.float32)
+
+  def pad(name, x):
+    x = np.asarray(x)
+    if size == n:
+      return x
+    fill = np.full((size - n,) + x.shape[1:], -1 if name == "ids" else 0, x.dtype)
+    return np.concatenate([x, fill])
+
+  return {k: pad(k, v) for k, v in data.items()}
 
 
 def fisher_diagonal(
@@ -193,6 +262,12 @@ def fisher_diagonal(
   minibatches :math:`b` (of ``batch_size`` examples, the last one possibly smaller) of the squared
   minibatch-mean gradient, :math:`I_j = \frac1B \sum_b (\partial_j \bar\ell_b)^2`, the definition
   the original SSD code computes (Foster et al., AAAI 2024), kept for parity.
+
+  A ``"mask"`` entry in ``data`` (1 for a real example, 0 for padding, as in the library's
+  batches) leaves padding out: a padding row adds nothing and is not counted (with
+  ``per_example=False`` a minibatch of padding only is not counted, and a partly padded one needs a
+  loss that honours the mask, as the library's do). The recipes pad their sets to a few sizes
+  that way, so that requests of many sizes share one compiled pass.
 
   The pass is one jit-compiled ``lax.scan`` over full chunks plus one call for the remainder, so
   memory stays bounded for large data. Squares accumulate in float32; the result has the dtype of

@@ -32,7 +32,7 @@ from jaxunlearn._src import training
 from jaxunlearn._src.ascent import gradient_ascent as _gradient_ascent_tx
 from jaxunlearn._src.ascent import gradient_difference as _gradient_difference_tx
 from jaxunlearn._src.base import LossFn, Mask, Params, PRNGKey
-from jaxunlearn._src.importance import fisher_diagonal
+from jaxunlearn._src.importance import bucketed, fisher_diagonal
 from jaxunlearn._src.microbatch import batch_grad, check_micro_batch
 from jaxunlearn._src.reset import reset_params
 from jaxunlearn._src.ssd import ssd_dampen, ssd_selection
@@ -244,8 +244,9 @@ def ssd(
   forget = required(forget, "forget", "ssd")
   full = union(forget, required(retain, "retain", "ssd")) if full is None else required(full, "full", "ssd")
   alpha = ssd_alpha(alpha, alpha_scale, n_full=len(full), n_forget=len(forget))
-  i_f = fisher_diagonal(loss_fn, params, forget, batch_size=batch_size, per_example=per_example)
-  i_d = fisher_diagonal(loss_fn, params, full, batch_size=batch_size, per_example=per_example)
+  # Both sets padded to bucket sizes: requests of nearby sizes share the compiled passes.
+  i_f = fisher_diagonal(loss_fn, params, bucketed(forget, batch_size), batch_size=batch_size, per_example=per_example)
+  i_d = fisher_diagonal(loss_fn, params, bucketed(full, batch_size), batch_size=batch_size, per_example=per_example)
   if stats is not None:
     stats.update(ssd_selection(i_f, i_d, alpha=alpha), alpha=alpha)
   return ssd_dampen(params, i_f, i_d, alpha=alpha, dampening=dampening)

@@ -13,7 +13,7 @@ import optax
 from jaxunlearn._src import data as data_lib
 from jaxunlearn._src import training
 from jaxunlearn._src.base import LossFn, Params
-from jaxunlearn._src.importance import fisher_diagonal
+from jaxunlearn._src.importance import bucketed, fisher_diagonal
 from jaxunlearn._src.noise import add_gaussian_noise, gaussian_sigma
 from jaxunlearn._src.recipes import Data, cached_optimizer, epochs_of, required, run_steps
 from jaxunlearn._src.relabel import fit_masked
@@ -165,7 +165,8 @@ def fisher_forgetting(
   """
   del forget
   retain = required(retain, "retain", "fisher_forgetting")
-  fisher = fisher_diagonal(loss_fn, params, retain, batch_size=batch_size, per_example=True)
+  # Padded to a bucket size: retain sets of nearby sizes (requests of other sizes) share one pass.
+  fisher = fisher_diagonal(loss_fn, params, bucketed(retain, batch_size), batch_size=batch_size, per_example=True)
   out = _fisher_noise(params, fisher, jax.random.fold_in(jax.random.key(seed), 13), jnp.float32(alpha),
                       jnp.float32(max_variance))
   if stats is not None:
