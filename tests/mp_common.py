@@ -56,3 +56,20 @@ def lm_params():
 
   lm = models.create(models.DecoderConfig(d_model=64, n_layers=2, n_heads=4, d_ff=128), seed=3)
   return jax.tree.map(np.asarray, lm.params)
+
+
+def lm_recipe(mesh) -> dict:
+  """One epoch of the LM gradient-difference recipe with FSDP-sharded parameters and sharded
+  batches on ``mesh`` (``data`` x ``fsdp``), as host arrays."""
+  from jaxunlearn.lm import data as lm_data
+  from jaxunlearn.lm import models, recipes, sharding
+
+  world = lm_data.generate(lm_data.WorldConfig.preset("tiny"))
+  f, r = world.qa(world.forget_authors("forget10")), world.qa(world.retain_authors("forget10"))
+  forget = lm_data.qa_batch([q.question for q in f][:12], [q.answer for q in f][:12], length=128)
+  retain = lm_data.qa_batch([q.question for q in r][:24], [q.answer for q in r][:24], length=128)
+  lm = models.create(models.DecoderConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=256, hidden_layer=0),
+                     seed=0)
+  out = recipes.gradient_difference(lm, sharding.shard_params(lm.params, mesh), forget=forget, retain=retain, epochs=1,
+                                    batch_size=8, seed=0, batch_sharding=sharding.batch_sharding(mesh))
+  return {f"lm/{jax.tree_util.keystr(p)}": v for p, v in jax.tree_util.tree_flatten_with_path(ju.distributed.to_host(out))[0]}

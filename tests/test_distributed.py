@@ -9,38 +9,49 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 import mp_common
 import sisa_fixtures
-from jaxunlearn import cli, data, distributed
+from jaxunlearn import cli, distributed
+from jaxunlearn.lm import sharding
 
 HERE = os.path.dirname(__file__)
+pytestmark = pytest.mark.xdist_group("two_processes")  # one worker runs the module: the launch happens once
+SCORE_METHODS = ["reset_repair", "random_label"]  # a lane recipe with draws salted by model index; one model by model
+SCORE_ARGS = ["--models", "4", "--epochs", "1", "--methods", ",".join(SCORE_METHODS)]
 
 
-def _launch_worker(script: str, args: list[str], processes: int = 2) -> None:
+@pytest.fixture(scope="module")
+def two(tmp_path_factory, digits):
+  """One launch of 2 processes x 4 devices running every part of tests/mp_worker.py, on inputs
+  written here by this one process; returns (directory, what it wrote, launch output lines)."""
+  root = tmp_path_factory.mktemp("two_processes")
+  out = root / "out"
+  out.mkdir()
+  job = sisa_fixtures.Job(digits[0])
+  forget = [job.ids_in(0, 1)[0], job.ids_in(1, 0)[0]]  # shard 0 (process 0) from slice 1, shard 1 (process 1) from 0
+  job.open(root / "sisa_alone", new=True, strategy="sequential").train()
+  shutil.copytree(root / "sisa_alone", root / "sisa_alone_copy")  # forgotten by the two processes
+  auto = jax.sharding.AxisType.Auto
+  sharding.save_params(str(root / "lm_alone"),
+                       sharding.shard_params(mp_common.lm_params(), jax.make_mesh((8,), ("fsdp",), axis_types=(auto,))))
   lines = []
   env_path = os.environ.get("PYTHONPATH", "")
   os.environ["PYTHONPATH"] = HERE + (os.pathsep + env_path if env_path else "")
   try:
-    code = distributed.launch(processes, args, program=[sys.executable, os.path.join(HERE, script)],
-                              devices_per_process=8 // processes, timeout=300, echo=lines.append)
+    code = distributed.launch(2, [str(out), str(root / "sisa_alone_copy"), str(root / "lm_alone"),
+                                  ",".join(map(str, forget)), " ".join(SCORE_ARGS)],
+                              program=[sys.executable, os.path.join(HERE, "mp_worker.py")],
+                              devices_per_process=4, timeout=600, echo=lines.append)
   finally:
     os.environ["PYTHONPATH"] = env_path
   assert code == 0, "\n".join(lines[-30:])
+  return {"root": root, "out": out, "lines": lines, "job": job, "forget": forget}
 
 
-def test_two_processes_give_the_single_process_results(tmp_path):
-  out = str(tmp_path / "mp.npz")
-  lines = []
-  env_path = os.environ.get("PYTHONPATH", "")
-  os.environ["PYTHONPATH"] = HERE + (os.pathsep + env_path if env_path else "")
-  try:
-    code = distributed.launch(2, [out], program=[sys.executable, os.path.join(HERE, "mp_worker.py")],
-                              devices_per_process=4, timeout=300, echo=lines.append)
-  finally:
-    os.environ["PYTHONPATH"] = env_path
-  assert code == 0, "\n".join(lines[-30:])
-  got = np.load(out)
+def test_data_parallel_steps_and_fit_equal_one_process(two):
+  got = np.load(two["out"] / "steps.npz")
   assert int(got["processes"]) == 2 and int(got["devices"]) == 8
   # The reference: one process, the same 8-device mesh shape, the whole batch.
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
@@ -52,24 +63,15 @@ def test_two_processes_give_the_single_process_results(tmp_path):
     np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
 
 
-def test_sisa_in_two_processes_equals_one_process_bit_for_bit(tmp_path):
-  train, _ = data.load("digits")
-  job = sisa_fixtures.Job(train)
-  forget = [job.ids_in(0, 1)[0], job.ids_in(1, 0)[0]]  # shard 0 (process 0) from slice 1, shard 1 (process 1) from 0
-  # The reference, in this one process with 8 devices.
-  alone = job.open(tmp_path / "alone", new=True, strategy="sequential")
-  trained = alone.train().digests
-  shutil.copytree(tmp_path / "alone", tmp_path / "trained_alone")
-  result = alone.forget(forget)
+def test_sisa_in_two_processes_equals_one_process_bit_for_bit(two, tmp_path):
+  job, forget, root = two["job"], two["forget"], two["root"]
+  alone = job.open(root / "sisa_alone")
+  trained = alone.digests()
+  result = alone.forget(forget)  # the reference, in this one process with 8 devices
   forgotten = alone.digests()
   assert forgotten != trained and result.retrained == {"0": 1, "1": 0}
-
-  out = tmp_path / "out"
-  out.mkdir()
-  _launch_worker("mp_sisa_worker.py", [str(out), str(tmp_path / "trained_alone"), str(tmp_path / "fresh"),
-                                       ",".join(map(str, forget))])
-  runs = [json.loads((out / f"process_{k}.json").read_text()) for k in range(2)]
-  for got in runs:  # every process returns the same, and it is the one-process result
+  for k in range(2):  # every process returns the same, and it is the one-process result
+    got = json.loads((two["out"] / f"sisa_{k}.json").read_text())
     assert got["processes"] == 2
     assert got["train"] == trained
     assert got["forget"]["digests"] == forgotten
@@ -78,61 +80,55 @@ def test_sisa_in_two_processes_equals_one_process_bit_for_bit(tmp_path):
     assert got["forget_elsewhere"] == forgotten
     assert "1 id(s) are not in the SISA plan" in got["unknown"]
   # The directory written by two processes is a complete one: one process reads, checks and
-  # verifies it; its files are those of the one-process directory.
-  fresh = job.open(tmp_path / "fresh")
+  # verifies it; its manifest is the one-process directory's.
+  shutil.copytree(two["out"] / "sisa_two", tmp_path / "sisa_two")
+  fresh = job.open(tmp_path / "sisa_two")
   assert fresh.digests() == forgotten and fresh.verify().ok
-  ours = json.loads((tmp_path / "fresh" / "manifest.json").read_text())
-  theirs = json.loads((tmp_path / "alone" / "manifest.json").read_text())
+  ours = json.loads((tmp_path / "sisa_two" / "manifest.json").read_text())
+  theirs = json.loads((root / "sisa_alone" / "manifest.json").read_text())
   assert ours["stages"] == theirs["stages"] and ours["final"] == theirs["final"]
   assert ours["forgotten"] == theirs["forgotten"] == sorted(forget)
-  ledger = (tmp_path / "fresh" / "ledger.jsonl").read_text().splitlines()
+  ledger = (tmp_path / "sisa_two" / "ledger.jsonl").read_text().splitlines()
   assert len(ledger) == 1 and json.loads(ledger[0])["ids"] == sorted(forget)
   assert not fresh.status()["unreferenced"]
+  assert job.open(root / "sisa_alone_copy").digests() == forgotten
 
 
-def test_sharded_lm_parameters_saved_and_restored_across_process_counts(tmp_path):
-  from jaxunlearn.lm import sharding
-
+def test_sharded_lm_parameters_across_process_counts(two):
   full = mp_common.lm_params()
   auto = jax.sharding.AxisType.Auto
-  # Written by this one process on 8 devices; read below by two processes on two meshes.
-  sharding.save_params(str(tmp_path / "alone"), sharding.shard_params(full, jax.make_mesh((8,), ("fsdp",), axis_types=(auto,))))
-  out = tmp_path / "out"
-  out.mkdir()
-  _launch_worker("mp_lm_worker.py", [str(tmp_path / "alone"), str(tmp_path / "two"), str(out)])
-  for k in range(2):
-    got = json.loads((out / f"process_{k}.json").read_text())
+  for k in range(2):  # a checkpoint written by this one process, read by two on two meshes
+    got = json.loads((two["out"] / f"lm_{k}.json").read_text())
     for mesh in ("fsdp8", "data2_fsdp4"):
       assert got[mesh]["equal"] and got[mesh]["pieces"] > 0, (k, mesh, got)
     assert got["fsdp8"]["split_over_processes"] > 0  # pieces of one parameter lived in different processes
-  # Written by two processes (each its own pieces); read back by this one on another mesh.
+  # Written by two processes (each its own pieces); read back by this one on other meshes.
+  flat = dict(jax.tree_util.tree_flatten_with_path(full)[0])
   for mesh in (jax.make_mesh((4,), ("fsdp",), axis_types=(auto,), devices=jax.devices()[:4]),
                jax.make_mesh((8,), ("fsdp",), axis_types=(auto,))):
-    back = sharding.restore_params(str(tmp_path / "two"), mesh, template=full)
-    flat = dict(jax.tree_util.tree_flatten_with_path(full)[0])
+    back = sharding.restore_params(str(two["out"] / "lm_two"), mesh, template=full)
     for path, arr in jax.tree_util.tree_flatten_with_path(back)[0]:
       np.testing.assert_array_equal(np.asarray(arr), flat[path], err_msg=jax.tree_util.keystr(path))
-  with __import__("pytest").raises(FileExistsError, match="never overwrites"):
-    sharding.save_params(str(tmp_path / "two"), full)
+  # The LM recipe with parameters split over both processes equals this process's on the same mesh.
+  want = mp_common.lm_recipe(jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(auto, auto)))
+  got = np.load(two["out"] / "lm_recipe.npz")
+  assert set(got.files) == set(want)
+  for k, v in want.items():
+    np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
 
 
-def test_score_in_two_processes_equals_one_process(tmp_path, capsys):
+def test_score_in_two_processes_equals_one_process(two):
   from jaxunlearn._src import score
 
-  # Lane recipes (one with draws salted by model index), and a method run model by model.
-  methods = ["gradient_difference", "reset_repair", "random_label"]
-  alone = score.run(n_models=4, epochs=2, methods=methods)
-  path = tmp_path / "score.json"
-  args = ["score", "--models", "4", "--epochs", "2", "--methods", ",".join(methods), "--json", str(path)]
-  assert cli.main(["launch", "--processes", "2", "--devices-per-process", "4", "--", *args]) == 0
-  out = capsys.readouterr().out
-  assert "[0] wrote" in out and "[1] wrote" not in out  # one process writes the file
-  two = json.loads(path.read_text())
-  assert two["processes"] == 2 and alone["processes"] == 1
-  for name in ("retrain", "original", "retrain_ceiling", *methods):
+  alone = score.run(n_models=4, epochs=1, methods=SCORE_METHODS)
+  assert any(line.startswith("[0] wrote") for line in two["lines"])
+  assert not any(line.startswith("[1] wrote") for line in two["lines"])  # one process writes the file
+  got = json.loads((two["out"] / "score.json").read_text())
+  assert got["processes"] == 2 and alone["processes"] == 1
+  for name in ("retrain", "original", "retrain_ceiling", *SCORE_METHODS):
     want = alone[name] if name in alone else alone["methods"][name]
-    got = two[name] if name in two else two["methods"][name]
-    assert {k: v for k, v in got.items() if k != "seconds"} == {k: v for k, v in want.items() if k != "seconds"}, name
+    row = got[name] if name in got else got["methods"][name]
+    assert {k: v for k, v in row.items() if k != "seconds"} == {k: v for k, v in want.items() if k != "seconds"}, name
 
 
 def test_launch_stops_every_process_when_one_fails(tmp_path, capsys):
@@ -149,8 +145,6 @@ def test_launch_stops_every_process_when_one_fails(tmp_path, capsys):
 
 
 def test_launch_command_line_needs_a_command(capsys):
-  import pytest
-
   with pytest.raises(SystemExit):
     cli.main(["launch", "--processes", "2"])
   assert "needs a command" in capsys.readouterr().err
@@ -160,3 +154,18 @@ def test_launch_runs_a_jaxunlearn_command_in_each_process(capsys):
   assert cli.main(["launch", "--processes", "2", "--devices-per-process", "2", "--", "methods"]) == 0
   out = capsys.readouterr().out
   assert "[0] " in out and "[1] " in out and "ssd" in out  # both joined the group, then ran the command
+
+
+def test_the_cluster_flag_lets_jax_find_the_cluster(monkeypatch):
+  from jaxunlearn._src import distributed as impl
+
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+  for name in (impl.COORDINATOR, impl.AUTO):
+    monkeypatch.delenv(name, raising=False)
+  assert distributed.initialize_from_env() is False and calls == []
+  monkeypatch.setenv(impl.AUTO, "1")
+  assert distributed.initialize_from_env() is True and calls == [((), {})]  # no arguments: auto-detection
+  monkeypatch.setenv(impl.AUTO, "maybe")
+  with pytest.raises(ValueError, match="JAXUNLEARN_DISTRIBUTED must be 1"):
+    distributed.initialize_from_env()

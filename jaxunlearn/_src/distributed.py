@@ -24,15 +24,33 @@ import numpy as np
 COORDINATOR, NUM_PROCESSES, PROCESS_ID = "JAXUNLEARN_COORDINATOR", "JAXUNLEARN_NUM_PROCESSES", "JAXUNLEARN_PROCESS_ID"
 
 
+AUTO = "JAXUNLEARN_DISTRIBUTED"
+
+
 def initialize_from_env() -> bool:
-  """Joins the process group described by ``jaxunlearn launch``'s environment variables (if set):
-  on CPU with gloo collectives. Must run before any JAX computation. Returns whether it did."""
-  if COORDINATOR not in os.environ:
+  """Joins a process group, if the environment describes one; must run before any JAX computation.
+  Returns whether it did.
+
+  * ``jaxunlearn launch``'s variables (``JAXUNLEARN_COORDINATOR``, ``..._NUM_PROCESSES``,
+    ``..._PROCESS_ID``): local processes, CPU collectives over gloo.
+  * ``JAXUNLEARN_DISTRIBUTED=1``: ``jax.distributed.initialize()`` without arguments, which finds
+    the cluster by itself (TPU pods, Slurm, Open MPI, Kubernetes JobSets): set it on every host
+    to run the ``jaxunlearn`` command line there.
+  """
+  if jax.distributed.is_initialized():
+    return True  # joined already (a script that then runs the command line)
+  if COORDINATOR in os.environ:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; GPU/TPU have their own
+    jax.distributed.initialize(coordinator_address=os.environ[COORDINATOR],
+                               num_processes=int(os.environ[NUM_PROCESSES]),
+                               process_id=int(os.environ[PROCESS_ID]))
+    return True
+  flag = os.environ.get(AUTO, "").strip().lower()
+  if flag in ("", "0", "no", "false", "off"):
     return False
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; GPU/TPU have their own
-  jax.distributed.initialize(coordinator_address=os.environ[COORDINATOR],
-                             num_processes=int(os.environ[NUM_PROCESSES]),
-                             process_id=int(os.environ[PROCESS_ID]))
+  if flag not in ("1", "yes", "true", "on", "auto"):
+    raise ValueError(f"${AUTO} must be 1 (join the cluster jax.distributed finds) or 0, got {os.environ[AUTO]!r}.")
+  jax.distributed.initialize()
   return True
 
 

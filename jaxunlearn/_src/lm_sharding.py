@@ -123,7 +123,8 @@ def restore_params(path: str, mesh: Mesh, *, template: Any = None, axis: str = "
     >>> path = tempfile.mkdtemp() + "/params"
     >>> sharding.save_params(path, sharding.shard_params(lm.params, mesh))
     >>> back = sharding.restore_params(path, mesh, template=lm.params)
-    >>> bool(np.array_equal(back["head"]["kernel"], lm.params["head"]["kernel"]))
+    >>> same = jax.tree.map(np.array_equal, back, lm.params)
+    >>> all(jax.tree.leaves(same))
     True
   """
   import orbax.checkpoint as ocp
