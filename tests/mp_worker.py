@@ -1,11 +1,13 @@
-"""One process of the multi-process tests (run once per test session by tests/test_distributed.py
-through ``jaxunlearn.distributed.launch``; one launch for every part, as each start costs
-seconds). Each part writes what it computed under OUT:
+"""One process of the multi-process tests (run by tests/test_distributed.py through
+``jaxunlearn.distributed.launch``: ``core`` once per default test run, ``heavy`` once per slow
+run; each start costs seconds, so one launch serves several tests). What each writes under OUT:
 
+(``core``:)
 * ``steps.npz``: data-parallel Fisher, training step, gradient-difference step and ``fit`` on
   global arrays over every process's devices (process 0);
 * ``sisa_K.json``: SISA trained and forgotten here, a directory trained in one process forgotten
   here, a bad request (process K);
+(``heavy``:)
 * ``lm_K.json``, ``lm_recipe.npz``, ``lm_two/``: a checkpoint written by one process restored on
   two meshes over both, sharded parameters saved from both, an LM recipe with parameters split
   over both;
@@ -17,14 +19,22 @@ import os
 import sys
 
 
-def main(out: str, sisa_alone: str, lm_alone: str, forget_ids: str, score_args: str) -> None:
+def main(part: str, out: str, *args: str) -> None:
   from jaxunlearn._src import distributed
 
   distributed.initialize_from_env()  # before any JAX computation
+  if part == "core":
+    _core(out, *args)
+  else:
+    _heavy(out, *args)
+
+
+def _core(out: str, sisa_alone: str, forget_ids: str) -> None:
   import jax
   import numpy as np
 
   import mp_common
+  from jaxunlearn._src import distributed
 
   me = jax.process_index()
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
@@ -34,12 +44,15 @@ def main(out: str, sisa_alone: str, lm_alone: str, forget_ids: str, score_args: 
   steps.update(mp_common.fitted(mesh))
   if me == 0:
     np.savez(os.path.join(out, "steps.npz"), **steps, processes=jax.process_count(), devices=jax.device_count())
-
   _write(out, f"sisa_{me}.json", _sisa(out, sisa_alone, [int(i) for i in forget_ids.split(",")]))
-  _write(out, f"lm_{me}.json", _lm(out, lm_alone))
+
+
+def _heavy(out: str, lm_alone: str, score_args: str) -> None:
+  import jax
 
   from jaxunlearn import cli
 
+  _write(out, f"lm_{jax.process_index()}.json", _lm(out, lm_alone))
   cli.main(["score", *score_args.split(), "--json", os.path.join(out, "score.json")])
 
 

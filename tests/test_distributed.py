@@ -2,6 +2,8 @@
 single-process results (data-parallel steps and fit, SISA, sharded LM checkpoints), and the
 launcher's failure handling."""
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -17,37 +19,63 @@ from jaxunlearn import cli, distributed
 from jaxunlearn.lm import sharding
 
 HERE = os.path.dirname(__file__)
-pytestmark = pytest.mark.xdist_group("two_processes")  # one worker runs the module: the launch happens once
 SCORE_METHODS = ["reset_repair", "random_label"]  # a lane recipe with draws salted by model index; one model by model
 SCORE_ARGS = ["--models", "4", "--epochs", "1", "--methods", ",".join(SCORE_METHODS)]
 
 
-@pytest.fixture(scope="module")
-def two(tmp_path_factory, digits):
-  """One launch of 2 processes x 4 devices running every part of tests/mp_worker.py, on inputs
-  written here by this one process; returns (directory, what it wrote, launch output lines)."""
-  root = tmp_path_factory.mktemp("two_processes")
-  out = root / "out"
-  out.mkdir()
-  job = sisa_fixtures.Job(digits[0])
-  forget = [job.ids_in(0, 1)[0], job.ids_in(1, 0)[0]]  # shard 0 (process 0) from slice 1, shard 1 (process 1) from 0
-  job.open(root / "sisa_alone", new=True, strategy="sequential").train()
-  shutil.copytree(root / "sisa_alone", root / "sisa_alone_copy")  # forgotten by the two processes
-  auto = jax.sharding.AxisType.Auto
-  sharding.save_params(str(root / "lm_alone"),
-                       sharding.shard_params(mp_common.lm_params(), jax.make_mesh((8,), ("fsdp",), axis_types=(auto,))))
+def _launch(part: str, out, *args: str) -> list[str]:
   lines = []
   env_path = os.environ.get("PYTHONPATH", "")
   os.environ["PYTHONPATH"] = HERE + (os.pathsep + env_path if env_path else "")
   try:
-    code = distributed.launch(2, [str(out), str(root / "sisa_alone_copy"), str(root / "lm_alone"),
-                                  ",".join(map(str, forget)), " ".join(SCORE_ARGS)],
-                              program=[sys.executable, os.path.join(HERE, "mp_worker.py")],
+    code = distributed.launch(2, [part, str(out), *args], program=[sys.executable, os.path.join(HERE, "mp_worker.py")],
                               devices_per_process=4, timeout=600, echo=lines.append)
   finally:
     os.environ["PYTHONPATH"] = env_path
   assert code == 0, "\n".join(lines[-30:])
-  return {"root": root, "out": out, "lines": lines, "job": job, "forget": forget}
+  return lines
+
+
+@contextlib.contextmanager
+def _once(tmp_path_factory, name: str):
+  """A directory shared by the test session's xdist workers, and whether this worker must fill
+  it: the first to take the lock does, the others wait and reuse it (each launch costs a minute)."""
+  root = tmp_path_factory.getbasetemp().parent / name
+  root.mkdir(exist_ok=True)
+  with open(root / ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    done = root / ".done"
+    yield root, not done.exists()
+    done.touch()
+
+
+@pytest.fixture(scope="session")
+def two(tmp_path_factory, digits):
+  """The ``core`` part of tests/mp_worker.py in 2 processes x 4 devices, on inputs written here by
+  one process."""
+  job = sisa_fixtures.Job(digits[0])
+  forget = [job.ids_in(0, 1)[0], job.ids_in(1, 0)[0]]  # shard 0 (process 0) from slice 1, shard 1 (process 1) from 0
+  with _once(tmp_path_factory, "two_processes") as (root, fill):
+    if fill:
+      (root / "out").mkdir()
+      job.open(root / "sisa_alone", new=True, strategy="sequential").train()
+      shutil.copytree(root / "sisa_alone", root / "sisa_alone_copy")  # forgotten by the two processes
+      _launch("core", root / "out", str(root / "sisa_alone_copy"), ",".join(map(str, forget)))
+  return {"root": root, "out": root / "out", "job": job, "forget": forget}
+
+
+@pytest.fixture(scope="session")
+def two_heavy(tmp_path_factory):
+  """The ``heavy`` part (LM checkpoints and recipe, ``jaxunlearn score``) in 2 processes x 4 devices."""
+  with _once(tmp_path_factory, "two_processes_heavy") as (root, fill):
+    if fill:
+      (root / "out").mkdir()
+      auto = jax.sharding.AxisType.Auto
+      sharding.save_params(str(root / "lm_alone"), sharding.shard_params(
+          mp_common.lm_params(), jax.make_mesh((8,), ("fsdp",), axis_types=(auto,))))
+      lines = _launch("heavy", root / "out", str(root / "lm_alone"), " ".join(SCORE_ARGS))
+      (root / "lines.json").write_text(json.dumps(lines))
+  return {"root": root, "out": root / "out", "lines": json.loads((root / "lines.json").read_text())}
 
 
 def test_data_parallel_steps_and_fit_equal_one_process(two):
@@ -65,7 +93,8 @@ def test_data_parallel_steps_and_fit_equal_one_process(two):
 
 def test_sisa_in_two_processes_equals_one_process_bit_for_bit(two, tmp_path):
   job, forget, root = two["job"], two["forget"], two["root"]
-  alone = job.open(root / "sisa_alone")
+  shutil.copytree(root / "sisa_alone", tmp_path / "sisa_alone")  # (shared by the workers: forgotten in a copy)
+  alone = job.open(tmp_path / "sisa_alone")
   trained = alone.digests()
   result = alone.forget(forget)  # the reference, in this one process with 8 devices
   forgotten = alone.digests()
@@ -85,7 +114,7 @@ def test_sisa_in_two_processes_equals_one_process_bit_for_bit(two, tmp_path):
   fresh = job.open(tmp_path / "sisa_two")
   assert fresh.digests() == forgotten and fresh.verify().ok
   ours = json.loads((tmp_path / "sisa_two" / "manifest.json").read_text())
-  theirs = json.loads((root / "sisa_alone" / "manifest.json").read_text())
+  theirs = json.loads((tmp_path / "sisa_alone" / "manifest.json").read_text())
   assert ours["stages"] == theirs["stages"] and ours["final"] == theirs["final"]
   assert ours["forgotten"] == theirs["forgotten"] == sorted(forget)
   ledger = (tmp_path / "sisa_two" / "ledger.jsonl").read_text().splitlines()
@@ -94,7 +123,9 @@ def test_sisa_in_two_processes_equals_one_process_bit_for_bit(two, tmp_path):
   assert job.open(root / "sisa_alone_copy").digests() == forgotten
 
 
-def test_sharded_lm_parameters_across_process_counts(two):
+@pytest.mark.slow
+def test_sharded_lm_parameters_across_process_counts(two_heavy):
+  two = two_heavy
   full = mp_common.lm_params()
   auto = jax.sharding.AxisType.Auto
   for k in range(2):  # a checkpoint written by this one process, read by two on two meshes
@@ -117,7 +148,9 @@ def test_sharded_lm_parameters_across_process_counts(two):
     np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
 
 
-def test_score_in_two_processes_equals_one_process(two):
+@pytest.mark.slow
+def test_score_in_two_processes_equals_one_process(two_heavy):
+  two = two_heavy
   from jaxunlearn._src import score
 
   alone = score.run(n_models=4, epochs=1, methods=SCORE_METHODS)
