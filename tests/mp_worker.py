@@ -5,8 +5,8 @@ run; each start costs seconds, so one launch serves several tests). What each wr
 (``core``:)
 * ``steps.npz``: data-parallel Fisher, training step, gradient-difference step and ``fit`` on
   global arrays over every process's devices (process 0);
-* ``sisa_K.json``: SISA trained and forgotten here, a directory trained in one process forgotten
-  here, a bad request (process K);
+* ``sisa_K.json``: SISA trained, forgotten, verified and repaired (its manifest deleted) here, a
+  directory trained in one process forgotten here, a bad request (process K);
 (``heavy``:)
 * ``lm_K.json``, ``lm_recipe.npz``, ``lm_two/``: a checkpoint written by one process restored on
   two meshes over both, sharded parameters saved from both, an LM recipe with parameters split
@@ -64,6 +64,8 @@ def _write(out, name, obj):
 def _sisa(out, sisa_alone, forget):
   import jax
 
+  from jaxunlearn._src import distributed
+
   import sisa_fixtures
   from jaxunlearn import data
 
@@ -78,6 +80,12 @@ def _sisa(out, sisa_alone, forget):
     s.forget([10**9])
   except ValueError as err:
     got["unknown"] = str(err)
+  got["verify"] = s.verify().ok  # every affected shard retrained (owners in parallel) and compared
+  if jax.process_index() == 0:  # a lost manifest, rebuilt by the two processes from the checkpoints
+    os.remove(os.path.join(out, "sisa_two", "manifest.json"))
+  distributed.barrier("manifest-removed")
+  repaired = s.repair()
+  got["repair"] = {"digests": repaired.digests, "reused": repaired.reused, "retrained": repaired.retrained}
   other = job.open(sisa_alone)  # trained in one process, forgotten in two
   other.forget(forget)
   got["forget_elsewhere"] = other.digests()
