@@ -72,7 +72,8 @@ class SISA(StageEngine, Upkeep):
       reloads them from the same place; informational for library users).
 
   Several processes (``jax.distributed``): every process constructs the object and makes the same
-  calls; shard ``k`` is trained by process ``k % jax.process_count()``, process 0 alone writes the
+  ``train`` / ``forget`` / ``repair`` / ``verify`` calls (the readers, ``status``, ``digests``,
+  ``logits``, also work in one process alone); shard ``k`` is trained by process ``k % jax.process_count()``, process 0 alone writes the
   directory (lock, checkpoints, manifest, ledger) once every owner has finished, and every process
   returns the same result. Every process must see the directory (a shared filesystem). With the
   ``"sequential"`` strategy (what ``"auto"`` picks there) the models are bit-identical to a
@@ -107,7 +108,6 @@ class SISA(StageEngine, Upkeep):
   ):
     self.directory = os.path.abspath(directory)
     self.data = data
-    distributed.barrier("jaxunlearn-sisa-open")  # every process reads the directory in the same state
     self.init_fn, self.apply_fn, self.loss_fn, self.optimizer = init_fn, apply_fn, loss_fn, optimizer
     stored = self._stored = read_config(self.directory)
     if stored is None and os.path.exists(os.path.join(self.directory, "manifest.json")):
