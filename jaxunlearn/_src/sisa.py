@@ -73,9 +73,9 @@ class SISA(StageEngine, Upkeep):
 
   Several processes (``jax.distributed``): every process constructs the object and makes the same
   ``train`` / ``forget`` / ``repair`` / ``verify`` calls (the readers, ``status``, ``digests``,
-  ``logits``, also work in one process alone); shard ``k`` is trained by process ``k % jax.process_count()``, process 0 alone writes the
-  directory (lock, checkpoints, manifest, ledger) once every owner has finished, and every process
-  returns the same result. Every process must see the directory (a shared filesystem). With the
+  ``logits``, also work in one process alone); shard ``k`` is trained by process
+  ``k % jax.process_count()``, process 0 alone writes the directory (lock, checkpoints, manifest,
+  ledger) once every owner has finished, and every process returns the same result. Every process must see the directory (a shared filesystem). With the
   ``"sequential"`` strategy (what ``"auto"`` picks there) the models are bit-identical to a
   one-process run's, so a directory may be trained in one process count and forgotten in another.
 
