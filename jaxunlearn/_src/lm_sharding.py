@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxunlearn._src.base import path_str
+
 
 def _axis(mesh: Mesh, name: str) -> int:
   return dict(zip(mesh.axis_names, mesh.axis_sizes)).get(name, 1)
@@ -98,6 +100,20 @@ def save_params(path: str, params: Any) -> None:
   ckpt.close()
 
 
+def _check_template(path: str, stored: Any, template: Any) -> None:
+  def leaves(tree):
+    return {path_str(p): (tuple(x.shape), np.dtype(x.dtype)) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+  have, want = leaves(stored), leaves(template)
+  problems = [f"{k}: missing from the checkpoint" for k in want if k not in have]
+  problems += [f"{k}: in the checkpoint, not in the template" for k in have if k not in want]
+  problems += [f"{k}: checkpoint {have[k][1]}{list(have[k][0])}, template {want[k][1]}{list(want[k][0])}"
+               for k in want if k in have and have[k] != want[k]]
+  if problems:
+    shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+    raise ValueError(f"{path} does not hold parameters shaped like the template: {shown}.")
+
+
 def restore_params(path: str, mesh: Mesh, *, template: Any = None, axis: str = "fsdp", min_size: int = 1024) -> Any:
   """Parameters saved by :func:`save_params` (or any orbax checkpoint of arrays), read straight
   into their ``fsdp_shardings`` on ``mesh``: each process reads only the pieces its devices hold,
@@ -134,10 +150,13 @@ def restore_params(path: str, mesh: Mesh, *, template: Any = None, axis: str = "
     raise FileNotFoundError(f"{path} is not a checkpoint directory.")
   ckpt = ocp.StandardCheckpointer()
   try:
+    meta = ckpt.metadata(path)
+    stored = getattr(meta, "item_metadata", meta)
+    stored = getattr(stored, "tree", stored)
     if template is None:
-      meta = ckpt.metadata(path)
-      tree = getattr(meta, "item_metadata", meta)
-      template = getattr(tree, "tree", tree)
+      template = stored
+    else:
+      _check_template(path, stored, template)  # before orbax reads: a failed restore leaves I/O behind
     shapes = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), template)
     shardings = fsdp_shardings(shapes, mesh, axis=axis, min_size=min_size)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
