@@ -62,8 +62,11 @@ def _write(out, name, obj):
 
 
 def _sisa(out, sisa_alone, forget):
+  import fcntl
+
   import jax
 
+  from jaxunlearn import sisa
   from jaxunlearn._src import distributed
 
   import sisa_fixtures
@@ -81,6 +84,17 @@ def _sisa(out, sisa_alone, forget):
   except ValueError as err:
     got["unknown"] = str(err)
   got["verify"] = s.verify().ok  # every affected shard retrained (owners in parallel) and compared
+  # An error of process 0's alone (the writer lock held elsewhere) is raised by every process.
+  if jax.process_index() == 0:
+    holder = open(os.path.join(out, "sisa_two", ".lock"), "a+")
+    fcntl.flock(holder, fcntl.LOCK_EX)
+  distributed.barrier("lock-held")
+  try:
+    s.forget(forget, wait=0)
+  except sisa.LockTimeout as err:
+    got["locked"] = f"{type(err).__name__}: {err}"
+  if jax.process_index() == 0:
+    holder.close()
   if jax.process_index() == 0:  # a lost manifest, rebuilt by the two processes from the checkpoints
     os.remove(os.path.join(out, "sisa_two", "manifest.json"))
   distributed.barrier("manifest-removed")

@@ -109,6 +109,7 @@ def test_sisa_in_two_processes_equals_one_process_bit_for_bit(two, tmp_path):
     assert got["forget_elsewhere"] == forgotten
     assert "1 id(s) are not in the SISA plan" in got["unknown"]
     assert got["verify"] is True
+    assert got["locked"].startswith("LockTimeout: ") and "gave up after 0 s" in got["locked"]
     assert got["repair"]["digests"] == forgotten and got["repair"]["retrained"] == {}  # every stage intact: reused
   # The directory written by two processes is a complete one: one process reads, checks and
   # verifies it; its manifest is the one-process directory's.
