@@ -162,8 +162,8 @@ def _launch_parser(sub) -> None:
   p = sub.add_parser("launch", help="run a jaxunlearn command in N local processes (jax.distributed)",
                      description="Starts N processes of `jaxunlearn COMMAND ...` joined by a coordinator on 127.0.0.1 "
                                  "(CPU collectives over gloo), prefixes their output by process, and stops all of them "
-                                 "when one fails. On TPU pods and GPU clusters, start one process per host yourself: "
-                                 "jax.distributed.initialize() finds the cluster.")
+                                 "when one fails. On TPU pods and GPU clusters, start one process per host yourself with "
+                                 "JAXUNLEARN_DISTRIBUTED=1: jax.distributed.initialize() then finds the cluster.")
   p.add_argument("--processes", type=_positive_int, required=True)
   p.add_argument("--devices-per-process", type=_positive_int, default=None,
                  help="on CPU: simulated devices per process (XLA_FLAGS)")

@@ -180,6 +180,12 @@ def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
           for name, (dtype, shape, off, n) in header.items()}
 
 
+def allgather_arrays(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+  """Every process's ``{name: array}`` (names and shapes may differ between processes), in
+  process order, to every process, bit for bit (:func:`pack_arrays` over :func:`allgather_bytes`)."""
+  return [unpack_arrays(blob) for blob in allgather_bytes(pack_arrays(arrays))]
+
+
 def to_host(tree):
   """A pytree of (possibly multi-process) arrays as NumPy arrays in every process: replicated
   arrays from this process's own copy, sharded ones gathered from every process."""

@@ -143,11 +143,11 @@ def _local_fisher(loss_fn, params, data, *, batch_size, per_example, axis_name, 
     grad = batch_grad(loss_fn, micro_batch)
 
     def chunk_stat(acc, chunk):
-      sq = _add_sq(_zeros_f32(params), grad(params, chunk), axis=None)
+      g = grad(params, chunk)
       if masked:  # a minibatch of padding only counts for nothing
         real = (jnp.sum(chunk["mask"]) > 0).astype(jnp.float32)
-        sq = jax.tree_util.tree_map(lambda s: s * real, sq)
-      return jax.tree_util.tree_map(jnp.add, acc, sq)
+        g = jax.tree_util.tree_map(lambda x: x * real, g)
+      return _add_sq(acc, g, axis=None)
 
   if rem:
     # Slicing an explicitly sharded axis unevenly is not allowed: gather such data first.

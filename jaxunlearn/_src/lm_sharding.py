@@ -160,9 +160,6 @@ def restore_params(path: str, mesh: Mesh, *, template: Any = None, axis: str = "
     shapes = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), template)
     shardings = fsdp_shardings(shapes, mesh, axis=axis, min_size=min_size)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-    try:
-      return ckpt.restore(path, target)
-    except (ValueError, KeyError) as err:
-      raise ValueError(f"{path} does not hold parameters shaped like the template: {err}") from None
+    return ckpt.restore(path, target)
   finally:
     ckpt.close()

@@ -144,7 +144,7 @@ def run(
 def _gather_models(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Per-model arrays (leading axis: this process's models) of every process, concatenated in
   process order (= model order)."""
-  parts = [distributed.unpack_arrays(b) for b in distributed.allgather_bytes(distributed.pack_arrays(local))]
+  parts = distributed.allgather_arrays(local)
   return {k: np.concatenate([p[k] for p in parts]) for k in local}
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from jaxunlearn._src import lanes
+from jaxunlearn._src import distributed, lanes
 from jaxunlearn._src import sisa_plan as plan_lib
 from jaxunlearn._src import sisa_store as store_lib
 from jaxunlearn._src.sisa_files import CheckpointError
@@ -102,14 +102,15 @@ class StageEngine:
           todo.append(k)
       stage_steps = self._train_stage(todo, stage, {k: stage_ids[k] for k in todo}, states, template) if todo else 0
       if procs > 1:
-        stage_steps, reused = self._exchange(states, [k for k in active if mine(k)], stage_steps, reused)
+        stage_steps, reused = self._exchange(states, [k for k in active if mine(k)], stage_steps, reused,
+                                             jax.tree.structure(template))
       steps += stage_steps
       for k in active:
         if k in reused:
           stages[k].append((keys[k], reused[k]))
           continue
         trained.setdefault(k, stage)
-        written = save and jax.process_index() == 0
+        written = save and me == 0
         stages[k].append((keys[k], self.store.save(k, keys[k], states[k]) if written else digest(states[k])))
         if written:
           store_lib.fault("run:saved")
@@ -119,20 +120,17 @@ class StageEngine:
     final = {k: states[k]["params"] for k in starts}
     return (stages, steps, final, trained) if report else (stages, steps, final)
 
-  def _exchange(self, states: dict, own: list[int], steps: int, reused: dict[int, str]) -> tuple[int, dict[int, str]]:
+  @staticmethod
+  def _exchange(states: dict, own: list[int], steps: int, reused: dict[int, str], treedef) -> tuple[int, dict[int, str]]:
     """Every process's states of its shards ``own`` (this stage's) to every process, bit for bit;
     returns the steps of all processes and the digests of every reused (not retrained) state."""
-    from jaxunlearn._src import distributed
-
     meta = json.dumps({"steps": steps, "reused": {str(k): d for k, d in reused.items()}, "own": own}).encode()
     arrays = {"meta": np.frombuffer(meta, np.uint8)}
     for k in own:
       for i, leaf in enumerate(jax.tree.leaves(states[k])):
         arrays[f"{k}/{i}"] = np.asarray(leaf)
-    treedef = jax.tree.structure(self._state_template())
     total, every_reused = 0, {}
-    for blob in distributed.allgather_bytes(distributed.pack_arrays(arrays)):
-      got = distributed.unpack_arrays(blob)
+    for got in distributed.allgather_arrays(arrays):
       info = json.loads(got["meta"].tobytes())
       total += info["steps"]
       every_reused.update({int(k): d for k, d in info["reused"].items()})
